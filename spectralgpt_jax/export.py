@@ -1,0 +1,78 @@
+"""Exported models: params-only orbax checkpoint + `metadata.json`, enough to rebuild the model with nothing else.
+
+Written by the `.pth` converter and by the training system's final export; read by fine-tuning and inference.
+`metadata.json` carries the architecture (full model config), the band names in input order, the image size and the
+normalisation the weights expect, so a user never has to guess them.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from spectralgpt_jax import models
+from spectralgpt_jax.data import bands as band_registry
+
+FORMAT = "spectralgpt_jax.export/1"
+PARAMS_DIR = "params"
+
+# What the released pretraining checkpoints were trained on (spec §4.4, §5.2-5.3): per-image, per-band min-max.
+PRETRAIN_NORMALIZATION = {"name": "minmax_per_image", "eps": 1e-12,
+                          "note": "per image and band: (x - min) / (max - min + eps), on raw reflectance values"}
+
+
+def make_metadata(arch: str, cfg: models.ModelConfig, *, normalization: dict[str, Any] | None = None,
+                  bands: list[str] | None = None, source: str | None = None, **extra) -> dict[str, Any]:
+  bands = list(bands or band_registry.CANONICAL[:cfg.num_frames])
+  if len(bands) != cfg.num_frames:
+    raise ValueError(f"{len(bands)} band names {bands} for a model with num_frames={cfg.num_frames}")
+  return {"format": FORMAT, "arch": arch, "model_config": cfg.to_dict(), "bands": bands,
+          "image_size": cfg.img_size, "normalization": normalization or PRETRAIN_NORMALIZATION,
+          "source": source, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          **extra}
+
+
+def save(directory: str | Path, model: nnx.Module, metadata: dict[str, Any]) -> Path:
+  """Writes `directory/params` (orbax, numpy-restorable) and `directory/metadata.json`. Overwrites."""
+  directory = Path(directory).absolute()
+  directory.mkdir(parents=True, exist_ok=True)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+  metadata = {**metadata, "param_count": int(sum(x.size for x in jax.tree.leaves(params)))}
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory / PARAMS_DIR, params, force=True)
+    checkpointer.wait_until_finished()
+  (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+  return directory
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+  path = Path(directory) / "metadata.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no metadata.json; is {directory} an exported spectralgpt_jax model?")
+  metadata = json.loads(path.read_text())
+  if metadata.get("format") != FORMAT:
+    raise ValueError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+  return metadata
+
+
+def load(directory: str | Path, **overrides) -> tuple[nnx.Module, dict[str, Any]]:
+  """Rebuilds the model from `metadata.json` (with optional config overrides such as `drop_path_rate`) and restores
+  its parameters. Shape-changing overrides fail with the parameter named."""
+  directory = Path(directory).absolute()
+  metadata = read_metadata(directory)
+  cfg = models.ModelConfig(**{**metadata["model_config"], **overrides})
+  model = models.build_from_config(cfg)
+  state = nnx.state(model, nnx.Param)
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nnx.to_pure_dict(state))
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(directory / PARAMS_DIR, target)
+  nnx.replace_by_pure_dict(state, restored)
+  nnx.update(model, state)
+  return model, metadata

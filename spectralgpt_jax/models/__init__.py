@@ -1,0 +1,28 @@
+"""SpectralGPT models in Flax NNX: `build(name, **overrides)` for every reference factory and tiny test variants."""
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from spectralgpt_jax.models.config import VARIANTS, ModelConfig, get_config, names
+from spectralgpt_jax.models.mae import MaskedAutoencoder
+from spectralgpt_jax.models.patch_embed import patchify, unpatchify
+from spectralgpt_jax.models.vit import SpectralViT
+
+__all__ = ["VARIANTS", "ModelConfig", "MaskedAutoencoder", "SpectralViT", "build", "build_from_config",
+           "count_params", "get_config", "names", "patchify", "unpatchify"]
+
+
+def build_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0):
+  rngs = rngs if rngs is not None else nnx.Rngs(params=seed)
+  return MaskedAutoencoder(cfg, rngs=rngs) if cfg.kind == "mae" else SpectralViT(cfg, rngs=rngs)
+
+
+def build(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None, **overrides):
+  """A named model (`names()` lists them) with reference-style overrides, e.g. `build("vit_base_patch8_128",
+  num_classes=19)`. Parameters are initialised as the reference does, from `seed` (or `rngs`)."""
+  return build_from_config(get_config(name, **overrides), rngs=rngs, seed=seed)
+
+
+def count_params(model) -> int:
+  return sum(int(v.size) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
