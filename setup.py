@@ -19,6 +19,8 @@ setup(
         "orbax-checkpoint>=0.12.4,<0.13",
         "grain>=0.2.16,<0.3",
         "tensorflow-datasets>=4.9.9,<5",
+        # tfds imports it lazily (without declaring it) when preparing a registered builder.
+        "importlib_resources>=6,<7",
         "array-record>=0.8,<0.9",
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
