@@ -38,18 +38,24 @@ def make_metadata(arch: str, cfg: models.ModelConfig, *, normalization: dict[str
           **extra}
 
 
-def save(directory: str | Path, model: nnx.Module, metadata: dict[str, Any]) -> Path:
-  """Writes `directory/params` (orbax, numpy-restorable) and `directory/metadata.json`. Overwrites."""
+def save_params(directory: str | Path, params: dict, metadata: dict[str, Any]) -> Path:
+  """Writes `directory/params` (orbax; `params` is `nnx.to_pure_dict` of the model's `nnx.Param` state, with host
+  or sharded global arrays — every process calls this in multi-host runs) and `directory/metadata.json` (process 0).
+  Overwrites an existing export."""
   directory = Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-  metadata = {**metadata, "param_count": int(sum(x.size for x in jax.tree.leaves(params)))}
+  metadata = {**metadata, "param_count": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))}
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / PARAMS_DIR, params, force=True)
     checkpointer.wait_until_finished()
-  (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+  if jax.process_index() == 0:
+    (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
   return directory
+
+
+def save(directory: str | Path, model: nnx.Module, metadata: dict[str, Any]) -> Path:
+  """Exports a model built in this process (see `save_params`)."""
+  return save_params(directory, nnx.to_pure_dict(nnx.state(model, nnx.Param)), metadata)
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:

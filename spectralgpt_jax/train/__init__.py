@@ -1,0 +1,1 @@
+"""The pretraining system: `loop.run(config, workdir)`; see docs/training.md."""

@@ -1,0 +1,157 @@
+"""Checkpoints: resumable training checkpoints, params-only exports, and stage-2 initialisation.
+
+Training checkpoints (orbax `CheckpointManager` under DIR/checkpoints/<step>/) hold two items:
+  state  the whole TrainState (params, Adam moments, step) as sharded arrays (OCDBT),
+  data   the grain iterator position, one JSON per process (so a resumed run reads exactly the next batch).
+Saves are asynchronous (training continues while arrays are written) and atomic (a step directory appears only
+when complete), the `LatestN` preservation policy keeps the last `keep` steps. Restores build their target from
+the *current* mesh, so a checkpoint written on one mesh loads onto any other (architecture.md pitfall 11).
+
+Exports (DIR/export/, written with `spectralgpt_jax.export`, the format the `.pth` converter also writes) hold the
+model params only plus metadata.json; `load_model_params` reads them, or a training checkpoint, for stage 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from spectralgpt_jax import models
+from spectralgpt_jax.models.patch_embed import resize_spatial_pos_embed
+from spectralgpt_jax.train import state as state_lib
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager`: one save/restore call for state + data iterator."""
+
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    self.every = every
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep),    # not max_to_keep (deprecated)
+            enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: nnx.State, data_iter: Iterator | None, *, force: bool = False) -> bool:
+    """Start an async save if the policy (or `force`) says so. Returns whether a save was started."""
+    if step in self.manager.all_steps():
+      return False
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    if started:
+      logging.info("checkpoint: saving step %d to %s (async)", step, self.directory)
+    return started
+
+  def restore(self, step: int, abstract_state: Any, data_iter: Iterator | None) -> nnx.State:
+    """State (onto the shardings in `abstract_state`) and, in place, the data iterator position."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    start = time.time()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    logging.info("checkpoint: restored step %d from %s in %.1fs", step, self.directory, time.time() - start)
+    return restored["state"]
+
+  def wait(self) -> None:
+    """Block until pending async saves are durable (call before exiting: architecture.md pitfall 9)."""
+    self.manager.wait_until_finished()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Multi-host preemption notice from the JAX coordination service (TPU maintenance events)."""
+    return self.manager.reached_preemption(step)
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, dict):
+      out.update(_flatten(value, name))
+    else:
+      out[name] = value
+  return out
+
+
+def _restore_numpy(path: str, subtree: str | None = None) -> dict:
+  """Restore a PyTree checkpoint (or one top-level subtree of it) as host numpy arrays, whatever mesh wrote it."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  if subtree is not None:
+    tree = {subtree: tree[subtree]}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args,
+                                                                    partial_restore=subtree is not None))
+  return restored[subtree] if subtree is not None else restored
+
+
+def load_model_params(path: str) -> tuple[dict[str, np.ndarray], dict]:
+  """Model params as {"encoder/pos_embed/spatial": array, ...} from an export directory, a training run's
+  workdir, or its checkpoints/ directory (latest step). Also returns the export metadata ({} for checkpoints)."""
+  if os.path.exists(os.path.join(path, "metadata.json")):
+    with open(os.path.join(path, "metadata.json")) as f:
+      metadata = json.load(f)
+    return _flatten(_restore_numpy(os.path.join(path, "params"))), metadata
+  ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  manager = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"init_from={path!r}: neither an export (metadata.json) nor a checkpoint directory")
+  flat = _flatten(_restore_numpy(os.path.join(ckpt_dir, str(step), "state"), subtree="model"))
+  # Training checkpoints store each nnx.Variable as {"value": array}.
+  return {name.removesuffix("/value"): v for name, v in flat.items() if name.endswith("/value")}, {"step": step}
+
+
+# Spatial position embeddings depend on the image size; everything else transfers between 96 and 128 px.
+SPATIAL_POS_EMBEDS = ("encoder/pos_embed/spatial", "decoder/pos_embed/spatial")
+
+
+def init_from_pretrained(state: nnx.State, path: str, model_cfg: models.ModelConfig) -> nnx.State:
+  """Stage-2 initialisation (reference §4.3): copy every param of a stage-1 run whose shape matches.
+
+  Spatial position embeddings of a different image size are re-initialised (kept from the fresh init), as the
+  reference's `--resume_different_size`, or resized bicubically when `model.pos_embed_resize='interpolate'`
+  (our documented deviation). The optimizer state and step start fresh. A param whose shape differs for any other
+  reason, or that is missing, is an error: silently training from random weights is the worst outcome.
+  """
+  pretrained, metadata = load_model_params(path)
+  report = {"copied": 0, "reinit": [], "interpolated": []}
+  side = model_cfg.img_size // model_cfg.patch_size
+
+  def choose(name: str, current: np.ndarray):
+    if name not in pretrained:
+      raise KeyError(f"init_from={path!r}: param {name!r} not found in the pretrained model")
+    value = np.asarray(pretrained[name])
+    if value.shape == tuple(current.shape):
+      report["copied"] += 1
+      return value
+    if name in SPATIAL_POS_EMBEDS:
+      if model_cfg.pos_embed_resize == "interpolate":
+        report["interpolated"].append(name)
+        return resize_spatial_pos_embed(value, side)
+      report["reinit"].append(name)
+      return None
+    raise ValueError(f"init_from={path!r}: param {name!r} has shape {value.shape}, the model needs "
+                     f"{tuple(current.shape)}")
+
+  new_state = state_lib.replace_params(state, choose)
+  logging.info("init_from %s (%s): copied %d params, re-initialised %s, interpolated %s", path,
+               metadata.get("arch", metadata.get("step", "")), report["copied"], report["reinit"],
+               report["interpolated"])
+  return new_state

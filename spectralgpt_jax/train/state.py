@@ -1,0 +1,92 @@
+"""Train state = model + optimizer, created directly sharded on the mesh.
+
+The model's parameters carry logical axis names (`out_sharding` metadata, `eager_sharding=False`), and
+`nnx.Optimizer` copies that metadata onto the Adam moments. So one `nnx.get_partition_spec` over the abstract
+state gives logical specs for params *and* optimizer state, `sharding.RULES` maps them to the mesh, and
+`jax.jit(create, out_shardings=...)` materialises every array on its final devices without a host copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from spectralgpt_jax import models, sharding
+
+
+class TrainState(nnx.Module):
+  """The whole mutable training state. `optimizer.step` counts optimizer updates = train steps."""
+
+  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
+    self.model = model
+    self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@dataclasses.dataclass
+class ShardedState:
+  """What the loop needs: the static graph, the sharded state arrays and their shardings (reused everywhere)."""
+  graphdef: nnx.GraphDef
+  state: nnx.State
+  shardings: Any
+
+  def abstract(self) -> Any:
+    """ShapeDtypeStructs with the *current* mesh's shardings: the restore target (architecture.md pitfall 11)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.shardings)
+
+
+def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                   seed: int) -> ShardedState:
+  def init() -> TrainState:
+    return TrainState(models.build_from_config(model_cfg, seed=seed), tx)
+
+  abstract = nnx.eval_shape(init)
+  graphdef, abstract_state = nnx.split(abstract)     # the only split: the graphdef is reused by every step
+  shardings = sharding.shardings_for(abstract_state, nnx.get_partition_spec(abstract_state), mesh)
+  state = jax.jit(lambda: nnx.state(init()), out_shardings=shardings)()
+  return ShardedState(graphdef, state, shardings)
+
+
+def model_params(state: nnx.State) -> nnx.State:
+  """The model's trainable parameters (what `export` writes and stage 2 initialises from)."""
+  return state["model"].filter(nnx.Param)
+
+
+def param_count(state: nnx.State) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model_params(state)))
+
+
+def param_overview(state: nnx.State) -> list[tuple[str, int]]:
+  """Parameter count per top-level sub-module of the model (e.g. encoder / decoder)."""
+  counts: dict[str, int] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(model_params(state))[0]:
+    top = str(getattr(path[0], "key", path[0]))
+    counts[top] = counts.get(top, 0) + int(np.prod(leaf.shape))
+  return sorted(counts.items())
+
+
+def _name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def replace_params(state: nnx.State, new_value: Callable[[str, np.ndarray], np.ndarray | None]) -> nnx.State:
+  """A copy of `state` whose model params are replaced where `new_value(name, current)` returns an array.
+
+  `name` is the param path below the model, e.g. "encoder/pos_embed/spatial"; values keep their sharding.
+  """
+  def one(path, var):
+    if not (isinstance(var, nnx.Param) and _name(path[:1]) == "model"):
+      return var
+    name = _name(path[1:])
+    current = var[...]
+    value = new_value(name, current)
+    if value is None:
+      return var
+    if tuple(value.shape) != tuple(current.shape):
+      raise ValueError(f"param {name}: replacement shape {tuple(value.shape)} != {tuple(current.shape)}")
+    return var.replace(jax.device_put(np.asarray(value, current.dtype), current.sharding))
+
+  return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

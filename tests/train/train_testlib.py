@@ -1,0 +1,116 @@
+"""Test helpers for the training system: tiny configs and an in-test grain source of random Sentinel-2-shaped
+arrays, built the way the data layer builds its pipeline (per-process slice -> batch -> global arrays)."""
+from __future__ import annotations
+
+import time
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from spectralgpt_jax.data import pipeline
+
+TINY_MODEL = "mae_vit_tiny"     # 16 px, 12 bands, embed 32, depth 2, decoder 16 x 1
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """A complete pretraining config for the tiny model on synthetic data (same keys as configs/pretrain.py)."""
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"
+  c.seed = 0
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.total_steps = 6
+  c.total_epochs = 0.0
+  c.warmup_steps = 2
+  c.warmup_epochs = 0.0
+  c.num_train_examples = 0
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.keep_checkpoints = 2
+  c.async_checkpoints = True
+  c.eval_every = 0
+  c.image_every = 0
+  c.num_preview = 2
+  c.compute_dtype = "float32"
+  c.skip_nonfinite = False
+  c.init_from = ""
+  c.export = True
+  c.progress_bar = False
+  c.tensorboard = True
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))
+  c.model = ml_collections.ConfigDict(dict(name=TINY_MODEL, mask_ratio=0.75))
+  c.data = ml_collections.ConfigDict(dict(name="synthetic", image_size=16, num_examples=64, num_eval=16,
+                                          seconds_per_example=0.0, as_if_processes=1))
+  c.optimizer = ml_collections.ConfigDict(dict(blr=1.5e-2, lr=0.0, min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8,
+                                               weight_decay=0.05, clip_grad_norm=0.0, accum_steps=1))
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
+  """Smooth random 12-band images in [0, 1] (low-frequency structure the tiny model can learn to reconstruct)."""
+  rng = np.random.RandomState(seed)
+  coarse = rng.rand(n, 4, 4, 12).astype(np.float32)
+  return np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
+
+
+class SyntheticSource:
+  """Random-access source of {"image": float32 [S, S, 12]} examples (test data only)."""
+
+  def __init__(self, n: int, size: int, seed: int):
+    self.images = synthetic_images(n, size, seed)
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, index: int) -> dict:
+    return {"image": self.images[index]}
+
+  def __repr__(self) -> str:   # grain checkpoints compare source reprs
+    return f"SyntheticSource(n={len(self.images)}, size={self.images.shape[1]})"
+
+
+class _Slow(grain.transforms.Map):
+  def __init__(self, seconds: float):
+    self.seconds = seconds
+
+  def map(self, example):
+    time.sleep(self.seconds)   # lets the kill-and-resume test interrupt a run between checkpoints
+    return example
+
+
+class _AsIfProcesses(grain.transforms.Map):
+  """Reorder the rows of a single-process global batch as `n` processes would lay them out.
+
+  With n processes the pipeline gives process p the stream elements p, p+n, ... and the global batch is the
+  concatenation of the processes' local batches. The masking noise is drawn per row, so a single-process run only
+  matches a multi-process run when the rows come in that order.
+  """
+
+  def __init__(self, n: int):
+    self.n = n
+
+  def map(self, batch):
+    rows = len(next(iter(batch.values())))
+    order = np.concatenate([np.arange(p, rows, self.n) for p in range(self.n)])
+    return {k: np.asarray(v)[order] for k, v in batch.items()}
+
+
+def make_iterator(data_cfg, *, global_batch_size: int, sharding, seed: int, train: bool):
+  """Same signature as loop.pipeline_iterator: the data layer's real grain pipeline (per-process slice, batching,
+  global arrays, thread prefetch, checkpointable iterator) around a synthetic source."""
+  n = data_cfg.num_examples if train else data_cfg.num_eval
+  source = SyntheticSource(n, data_cfg.image_size, seed=1 if train else 2)
+  delay = data_cfg.get("seconds_per_example", 0.0)
+  ops = [_Slow(delay)] if delay else []
+  as_if = data_cfg.get("as_if_processes", 1)
+  batch_ops = [_AsIfProcesses(as_if)] if as_if > 1 and jax.process_count() == 1 else []
+  return pipeline.build_iterator(source, ops, batch_ops=batch_ops, train=train, global_batch_size=global_batch_size,
+                                 sharding=sharding, seed=seed, workers=0, prefetch=1)
