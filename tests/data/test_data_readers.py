@@ -104,6 +104,22 @@ def test_fmow_varying_sizes_and_band_order(tmp_path):
     assert len(fmow.CATEGORIES) == 62
 
 
+def test_fmow_year_filter_and_reference_order(tmp_path):
+    fx.fmow(str(tmp_path))
+    csv_path = tmp_path / "train.csv"
+    lines = csv_path.read_text().splitlines()
+    old = lines[1].replace("2015-07-25", "1999-12-31").replace(",0,0,", ",0,7,")  # same image, year 1999
+    late = lines[2].replace("2015-07-25", "2015-01-01")  # zoo row sorted before its later twin
+    csv_path.write_text("\n".join(lines + [old, late]) + "\n")
+    rows = fmow.FMoWSentinel(str(tmp_path)).rows("train")
+    assert [(r["category"], r["timestamp"][:10]) for r in rows] == [
+        ("airport", "2015-07-25"), ("zoo", "2015-01-01"), ("zoo", "2015-07-25")]
+    assert len(fmow.FMoWSentinel(str(tmp_path), years=None).rows("train")) == 4
+    csv_path.write_text("\n".join(lines + [lines[1].replace("2015-07-25T08:45:14Z", "unknown")]) + "\n")
+    with pytest.raises(DataError, match="train.csv: unparseable timestamp 'unknown'"):
+        fmow.FMoWSentinel(str(tmp_path)).rows("train")
+
+
 def test_segmunich_remap(tmp_path):
     fx.segmunich(str(tmp_path))
     reader = segmunich.SegMunich(str(tmp_path))

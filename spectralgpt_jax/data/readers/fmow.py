@@ -32,6 +32,7 @@ CATEGORIES = (
 )  # fmt: skip  (SatMAE / SpectralGPT util/datasets.py CATEGORIES, 62 classes)
 COLUMNS = ("category", "location_id", "image_id", "timestamp", "polygon", "image_path")
 SPLITS = ("train", "val", "test")
+YEARS = (2000, 2020)  # the reference keeps images whose timestamp year is in [2000, 2020]
 
 
 def read_csv(path: str) -> list[dict]:
@@ -47,10 +48,25 @@ def read_csv(path: str) -> list[dict]:
     return rows
 
 
+def _year(row: dict, csv_path: str) -> int:
+    try:
+        return int(row["timestamp"][:4])
+    except ValueError:
+        raise DataError(f"{csv_path}: unparseable timestamp {row['timestamp']!r} ({row['image_path']})") from None
+
+
+def _location(row: dict):
+    return (0, int(row["location_id"]), "") if row["location_id"].isdigit() else (1, 0, row["location_id"])
+
+
 class FMoWSentinel:
-    def __init__(self, root: str):
+    """`rows(split)` follows the reference: sorted by (category, location_id, timestamp) and restricted to the years
+    in `years` (pass `years=None` to keep every row)."""
+
+    def __init__(self, root: str, years: tuple[int, int] | None = YEARS):
         common.require_dir(root, "fMoW-Sentinel")
         self.root = root
+        self.years = years
 
     def available_splits(self) -> list[str]:
         return [s for s in SPLITS if os.path.exists(self.csv_path(s))]
@@ -59,7 +75,12 @@ class FMoWSentinel:
         return os.path.join(self.root, f"{split}.csv")
 
     def rows(self, split: str) -> list[dict]:
-        return [dict(r, _split=split, _csv=self.csv_path(split)) for r in read_csv(self.csv_path(split))]
+        path = self.csv_path(split)
+        rows = [dict(r, _split=split, _csv=path) for r in read_csv(path)]
+        if self.years is not None:
+            first, last = self.years
+            rows = [r for r in rows if first <= _year(r, path) <= last]
+        return sorted(rows, key=lambda r: (r["category"], _location(r), r["timestamp"]))
 
     def image_path(self, row: dict) -> str:
         path = os.path.join(self.root, row["image_path"])
