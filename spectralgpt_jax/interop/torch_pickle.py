@@ -123,9 +123,7 @@ def load_pth(path: str | Path) -> Any:
   if not Path(path).is_file():
     raise FileNotFoundError(f"checkpoint not found: {path}")
   if not zipfile.is_zipfile(path):
-    raise CheckpointError(
-        f"{path}: not a torch zip checkpoint (torch >= 1.6 format). Legacy or non-torch files are not read; "
-        "re-save it with `torch.save(torch.load(path, weights_only=True), new_path)` in a trusted environment.")
+    return _load_legacy_with_torch(path)
   try:
     with zipfile.ZipFile(path) as archive:
       pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -139,6 +137,39 @@ def load_pth(path: str | Path) -> Any:
       return _SafeUnpickler(archive.read(pickles[0]), archive, prefix, path, byteorder).load()
   except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, OSError) as e:
     raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _load_legacy_with_torch(path: str) -> Any:
+  """Pre-1.6 (non-zip) torch files: read with torch's own restricted unpickler (`weights_only=True`), when the
+  optional `torch` extra is installed. Tensors become numpy arrays, `argparse.Namespace` our attribute bag."""
+  try:
+    import torch
+  except ImportError:
+    raise CheckpointError(
+        f"{path}: not a torch zip checkpoint (torch >= 1.6 format). Legacy torch files are read only with the "
+        "optional torch extra (pip install 'spectralgpt_jax[torch]'), through torch.load(weights_only=True).") from None
+  import argparse
+  try:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused the file: {e}") from e
+  except Exception as e:  # torch raises RuntimeError and friends for corrupt files
+    raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+
+  def to_numpy(obj):
+    if isinstance(obj, torch.Tensor):
+      return obj.detach().cpu().numpy()
+    if isinstance(obj, argparse.Namespace):
+      return Namespace(**vars(obj))
+    if isinstance(obj, dict):
+      return type(obj)((k, to_numpy(v)) for k, v in obj.items()) if isinstance(obj, collections.OrderedDict) \
+          else {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+      return type(obj)(to_numpy(v) for v in obj)
+    return obj
+
+  return to_numpy(checkpoint)
 
 
 def state_dict_of(checkpoint: Any, path: str) -> dict[str, np.ndarray]:
