@@ -14,6 +14,7 @@ iter -> worker processes (mp_prefetch, explicit options; 0 = in-process) -> glob
 Eval: this process's padded share (PaddedShard) -> transforms -> batch, with `valid` marking padding rows; finite.
 The returned object is a grain DatasetIterator: get_state()/set_state() and grain.checkpoint.CheckpointSave work.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,176 +35,232 @@ NUM_CLASSES = {"eurosat": 10, "bigearthnet": 19, "segmunich": 13, "oscd": 2, "fm
 
 
 def default_data_config(name: str, task: str = "pretrain") -> ml_collections.ConfigDict:
-    """Defaults for dataset `name`, following the reference recipe for the task (pretrain | finetune)."""
-    if task == "pretrain" and name not in PRETRAIN_DATASETS:
-        raise ValueError(f"no pretraining pipeline for {name!r}; choose from {PRETRAIN_DATASETS}")
-    if task == "finetune" and name not in FINETUNE_DATASETS:
-        raise ValueError(f"no fine-tuning pipeline for {name!r}; choose from {FINETUNE_DATASETS}")
-    if task not in ("pretrain", "finetune"):
-        raise ValueError(f"unknown task {task!r}")
-    cfg = ml_collections.ConfigDict()
-    cfg.name = name
-    cfg.data_dir = sources.default_data_dir()  # tfds data_dir; unused for demo
-    cfg.image_size = 96 if name == "fmow_sentinel" else 128  # SpectralGPT stage 1 (fMoW) at 96, stage 2 at 128
-    cfg.normalization = "minmax_per_image"  # the reference's pretraining normalisation
-    cfg.stats = ""  # statistics table (stats/<name>.json) for zscore / satmae_2sigma
-    cfg.crop_scale = (0.2, 1.0)
-    cfg.hflip = True
-    cfg.vflip = False
-    cfg.rot90 = False
-    cfg.workers = 0  # grain worker processes; 0 = in-process (tests, small machines)
-    cfg.prefetch = 2  # batches buffered per worker / read thread and after device transfer
-    cfg.read_threads = 2
-    cfg.train_split = "train"
-    cfg.eval_split = "val" if name != "segmunich" and name != "oscd" else "test"
-    cfg.missing_bands = "band_mean"  # SegMunich: reference rule (see bands.fill_missing)
-    cfg.append_missing_bands = False  # True = reference layout (fillers after the 10 bands)
-    cfg.window_overlap = 0.5  # OSCD sliding windows
-    cfg.mixup = 0.0
-    cfg.cutmix = 0.0
-    cfg.label_smoothing = 0.0
-    if task == "finetune":
-        cfg.num_classes = NUM_CLASSES[name]
-        if name == "eurosat":  # reference: Normalize(SSL4EO L2A stats) + RRC/flip; mixup 0.8 / cutmix 1.0
-            cfg.normalization, cfg.stats = "zscore", "ssl4eo_s12_l2a"
-            cfg.mixup, cfg.cutmix, cfg.label_smoothing = 0.8, 1.0, 0.1
-        elif name == "bigearthnet":  # reference: SentinelNormalize(fMoW stats without B10), 10 % of train
-            cfg.normalization, cfg.stats = "satmae_2sigma", "fmow_sentinel"
-            cfg.train_split = "train_10pct"
-        elif name == "segmunich":
-            cfg.hflip, cfg.vflip, cfg.rot90 = True, True, True
-        elif name == "oscd":
-            cfg.rot90 = True
-    return cfg
+  """Defaults for dataset `name`, following the reference recipe for the task (pretrain | finetune)."""
+  if task == "pretrain" and name not in PRETRAIN_DATASETS:
+    raise ValueError(f"no pretraining pipeline for {name!r}; choose from {PRETRAIN_DATASETS}")
+  if task == "finetune" and name not in FINETUNE_DATASETS:
+    raise ValueError(f"no fine-tuning pipeline for {name!r}; choose from {FINETUNE_DATASETS}")
+  if task not in ("pretrain", "finetune"):
+    raise ValueError(f"unknown task {task!r}")
+  cfg = ml_collections.ConfigDict()
+  cfg.name = name
+  cfg.data_dir = sources.default_data_dir()  # tfds data_dir; unused for demo
+  cfg.image_size = 96 if name == "fmow_sentinel" else 128  # SpectralGPT stage 1 (fMoW) at 96, stage 2 at 128
+  cfg.normalization = "minmax_per_image"  # the reference's pretraining normalisation
+  cfg.stats = ""  # statistics table (stats/<name>.json) for zscore / satmae_2sigma
+  cfg.crop_scale = (0.2, 1.0)
+  cfg.hflip = True
+  cfg.vflip = False
+  cfg.rot90 = False
+  cfg.workers = 0  # grain worker processes; 0 = in-process (tests, small machines)
+  cfg.prefetch = 2  # batches buffered per worker / read thread and after device transfer
+  cfg.read_threads = 2
+  cfg.train_split = "train"
+  cfg.eval_split = "val" if name != "segmunich" and name != "oscd" else "test"
+  cfg.missing_bands = "band_mean"  # SegMunich: reference rule (see bands.fill_missing)
+  cfg.append_missing_bands = False  # True = reference layout (fillers after the 10 bands)
+  cfg.window_overlap = 0.5  # OSCD sliding windows
+  cfg.mixup = 0.0
+  cfg.cutmix = 0.0
+  cfg.label_smoothing = 0.0
+  if task == "finetune":
+    cfg.num_classes = NUM_CLASSES[name]
+    if name == "eurosat":  # reference: Normalize(SSL4EO L2A stats) + RRC/flip; mixup 0.8 / cutmix 1.0
+      cfg.normalization, cfg.stats = "zscore", "ssl4eo_s12_l2a"
+      cfg.mixup, cfg.cutmix, cfg.label_smoothing = 0.8, 1.0, 0.1
+    elif name == "bigearthnet":  # reference: SentinelNormalize(fMoW stats without B10), 10 % of train
+      cfg.normalization, cfg.stats = "satmae_2sigma", "fmow_sentinel"
+      cfg.train_split = "train_10pct"
+    elif name == "segmunich":
+      cfg.hflip, cfg.vflip, cfg.rot90 = True, True, True
+    elif name == "oscd":
+      cfg.rot90 = True
+  return cfg
 
 
 def make_source(cfg, split: str):
-    """(random-access source, band names of its images) for a dataset config and split."""
-    if cfg["name"] == "demo":
-        from spectralgpt_jax.data import demo
+  """(random-access source, band names of its images) for a dataset config and split."""
+  if cfg["name"] == "demo":
+    from spectralgpt_jax.data import demo
 
-        return demo.DemoPatches(split, cfg["image_size"]), bandlib.CANONICAL
-    source, bands = sources.tfds_source(cfg["name"], split, cfg.get("data_dir"))
-    if cfg["name"] == "oscd":
-        source = sources.SceneWindows(source, cfg["image_size"], cfg.get("window_overlap", 0.5))
-    return source, bands
+    return demo.DemoPatches(split, cfg["image_size"]), bandlib.CANONICAL
+  source, bands = sources.tfds_source(cfg["name"], split, cfg.get("data_dir"))
+  if cfg["name"] == "oscd":
+    source = sources.SceneWindows(source, cfg["image_size"], cfg.get("window_overlap", 0.5))
+  return source, bands
 
 
 def _geometry(cfg, train: bool, fixed_size: bool) -> list:
-    size = cfg["image_size"]
-    if train:
-        ops = [] if fixed_size else [T.RandomResizedCrop(size, tuple(cfg["crop_scale"]))]
-        flips = T.RandomFlipRot(0.5 if cfg["hflip"] else 0.0, 0.5 if cfg.get("vflip") else 0.0, cfg.get("rot90", False))
-        return ops + [flips]
-    return [] if fixed_size else [T.ResizeCenterCrop(size)]
+  size = cfg["image_size"]
+  if train:
+    ops = [] if fixed_size else [T.RandomResizedCrop(size, tuple(cfg["crop_scale"]))]
+    flips = T.RandomFlipRot(0.5 if cfg["hflip"] else 0.0, 0.5 if cfg.get("vflip") else 0.0, cfg.get("rot90", False))
+    return ops + [flips]
+  return [] if fixed_size else [T.ResizeCenterCrop(size)]
 
 
 def element_ops(cfg, train: bool, bands, keys, fixed_size: bool = False) -> list:
-    """Per-element transforms: bands to the canonical 12, normalisation, geometry, key selection."""
-    ops = []
-    if tuple(bands) != bandlib.CANONICAL:
-        ops.append(T.FillMissingBands(bands, bandlib.CANONICAL, cfg.get("missing_bands", "error"),
-                                      cfg.get("append_missing_bands", False)))
-    ops.append(T.normalizer(cfg["normalization"], cfg["name"], cfg.get("stats") or None))
-    return ops + _geometry(cfg, train, fixed_size) + [T.SelectKeys(keys)]
+  """Per-element transforms: bands to the canonical 12, normalisation, geometry, key selection."""
+  ops = []
+  if tuple(bands) != bandlib.CANONICAL:
+    ops.append(
+        T.FillMissingBands(
+            bands, bandlib.CANONICAL, cfg.get("missing_bands", "error"), cfg.get("append_missing_bands", False)
+        )
+    )
+  ops.append(T.normalizer(cfg["normalization"], cfg["name"], cfg.get("stats") or None))
+  return ops + _geometry(cfg, train, fixed_size) + [T.SelectKeys(keys)]
 
 
-def pretrain_iterator(data_cfg, *, global_batch_size: int, sharding=None, seed: int = 0, train: bool = True,
-                      process_index: int | None = None, process_count: int | None = None):
-    """Pretraining batches {"image": float32 [B, S, S, 12]} (+ "valid" bool [B] when train=False).
+def pretrain_iterator(
+    data_cfg,
+    *,
+    global_batch_size: int,
+    sharding=None,
+    seed: int = 0,
+    train: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+  """Pretraining batches {"image": float32 [B, S, S, 12]} (+ "valid" bool [B] when train=False).
 
-    demo patches are already S x S; eval on them is just normalisation. fMoW/BigEarthNet eval uses the
-    reference's Resize(S/0.875) + CenterCrop(S).
-    """
-    cfg = data_cfg
-    split = cfg["train_split"] if train else cfg["eval_split"]
-    source, bands = make_source(cfg, split)
-    fixed = cfg["name"] == "demo" and not train
-    ops = element_ops(cfg, train, bands, ("image",) if train else ("image", "valid"), fixed_size=fixed)
-    return build_iterator(source, ops, train=train, global_batch_size=global_batch_size, sharding=sharding,
-                          seed=seed, workers=cfg["workers"], prefetch=cfg["prefetch"],
-                          read_threads=cfg.get("read_threads", 2), process_index=process_index,
-                          process_count=process_count)
+  demo patches are already S x S; eval on them is just normalisation. fMoW/BigEarthNet eval uses the
+  reference's Resize(S/0.875) + CenterCrop(S).
+  """
+  cfg = data_cfg
+  split = cfg["train_split"] if train else cfg["eval_split"]
+  source, bands = make_source(cfg, split)
+  fixed = cfg["name"] == "demo" and not train
+  ops = element_ops(cfg, train, bands, ("image",) if train else ("image", "valid"), fixed_size=fixed)
+  return build_iterator(
+      source,
+      ops,
+      train=train,
+      global_batch_size=global_batch_size,
+      sharding=sharding,
+      seed=seed,
+      workers=cfg["workers"],
+      prefetch=cfg["prefetch"],
+      read_threads=cfg.get("read_threads", 2),
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
-def finetune_iterator(data_cfg, *, global_batch_size: int, sharding=None, seed: int = 0, train: bool = True,
-                      process_index: int | None = None, process_count: int | None = None):
-    """Fine-tuning batches. Keys: eurosat {"image", "label"} (or "targets" [B, C] float when mixup/cutmix/label
-    smoothing is on); bigearthnet {"image", "labels" uint8 [B, 19]} (or "targets"); segmunich {"image", "mask"};
-    oscd {"image1", "image2", "change"}; plus "valid" in eval."""
-    cfg = data_cfg
-    name = cfg["name"]
-    split = cfg["train_split"] if train else cfg["eval_split"]
-    source, bands = make_source(cfg, split)
-    keys = {"eurosat": ("image", "label"), "bigearthnet": ("image", "labels"), "segmunich": ("image", "mask"),
-            "oscd": ("image1", "image2", "change")}[name]
-    keys = keys if train else keys + ("valid",)
-    fixed = name in ("segmunich", "oscd")  # dense tasks keep the tile geometry (reference: flips/rot90 only)
-    ops = element_ops(cfg, train, bands, keys, fixed_size=fixed)
-    batch_ops = []
-    mixing = cfg.get("mixup", 0) > 0 or cfg.get("cutmix", 0) > 0 or cfg.get("label_smoothing", 0) > 0
-    if train and name in ("eurosat", "bigearthnet") and mixing:
-        batch_ops.append(T.MixupCutmix(cfg["num_classes"], cfg.get("mixup", 0), cfg.get("cutmix", 0),
-                                       label_smoothing=cfg.get("label_smoothing", 0)))
-    return build_iterator(source, ops, batch_ops=batch_ops, train=train, global_batch_size=global_batch_size,
-                          sharding=sharding, seed=seed, workers=cfg["workers"], prefetch=cfg["prefetch"],
-                          read_threads=cfg.get("read_threads", 2), process_index=process_index,
-                          process_count=process_count)
+def finetune_iterator(
+    data_cfg,
+    *,
+    global_batch_size: int,
+    sharding=None,
+    seed: int = 0,
+    train: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+  """Fine-tuning batches. Keys: eurosat {"image", "label"} (or "targets" [B, C] float when mixup/cutmix/label
+  smoothing is on); bigearthnet {"image", "labels" uint8 [B, 19]} (or "targets"); segmunich {"image", "mask"};
+  oscd {"image1", "image2", "change"}; plus "valid" in eval."""
+  cfg = data_cfg
+  name = cfg["name"]
+  split = cfg["train_split"] if train else cfg["eval_split"]
+  source, bands = make_source(cfg, split)
+  keys = {
+      "eurosat": ("image", "label"),
+      "bigearthnet": ("image", "labels"),
+      "segmunich": ("image", "mask"),
+      "oscd": ("image1", "image2", "change"),
+  }[name]
+  keys = keys if train else keys + ("valid",)
+  fixed = name in ("segmunich", "oscd")  # dense tasks keep the tile geometry (reference: flips/rot90 only)
+  ops = element_ops(cfg, train, bands, keys, fixed_size=fixed)
+  batch_ops = []
+  mixing = cfg.get("mixup", 0) > 0 or cfg.get("cutmix", 0) > 0 or cfg.get("label_smoothing", 0) > 0
+  if train and name in ("eurosat", "bigearthnet") and mixing:
+    batch_ops.append(
+        T.MixupCutmix(
+            cfg["num_classes"], cfg.get("mixup", 0), cfg.get("cutmix", 0), label_smoothing=cfg.get("label_smoothing", 0)
+        )
+    )
+  return build_iterator(
+      source,
+      ops,
+      batch_ops=batch_ops,
+      train=train,
+      global_batch_size=global_batch_size,
+      sharding=sharding,
+      seed=seed,
+      workers=cfg["workers"],
+      prefetch=cfg["prefetch"],
+      read_threads=cfg.get("read_threads", 2),
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 class ToGlobalArrays(grain.transforms.Map):
-    """Process-local numpy batch -> global jax.Array laid out with `sharding` (runs in the main process only)."""
+  """Process-local numpy batch -> global jax.Array laid out with `sharding` (runs in the main process only)."""
 
-    def __init__(self, sharding):
-        self.sharding = sharding
+  def __init__(self, sharding):
+    self.sharding = sharding
 
-    def map(self, batch):
-        batch = {k: np.asarray(v) for k, v in batch.items()}  # SharedMemoryArray from workers -> plain numpy
-        if self.sharding is None:
-            return batch
-        return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
+  def map(self, batch):
+    batch = {k: np.asarray(v) for k, v in batch.items()}  # SharedMemoryArray from workers -> plain numpy
+    if self.sharding is None:
+      return batch
+    return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
 
 
 def _apply(ds, op, seed: int | None = None):
-    if isinstance(op, grain.transforms.RandomMap):
-        return ds.random_map(op, seed=seed)
-    return ds.map(op)
+  if isinstance(op, grain.transforms.RandomMap):
+    return ds.random_map(op, seed=seed)
+  return ds.map(op)
 
 
-def build_iterator(source, ops, *, train: bool, global_batch_size: int, sharding=None, seed: int = 0,
-                   workers: int = 0, prefetch: int = 2, read_threads: int = 2, batch_ops=(),
-                   process_index: int | None = None, process_count: int | None = None):
-    """The grain pipeline around `source` (see module docstring). Returns a checkpointable DatasetIterator."""
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
-    if global_batch_size % pc:
-        raise ValueError(f"global batch {global_batch_size} is not divisible by the {pc} processes")
-    local_batch = global_batch_size // pc
-    if train:
-        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-        for op in ops:
-            ds = _apply(ds, op)
-        ds = ds[pi::pc].batch(local_batch, drop_remainder=True)
-        # Batch-level randomness (mixup) must differ between processes: fold the process index into its seed.
-        batch_seed = zlib.crc32(f"{seed}/{pi}".encode()) % 2**31
-        for op in batch_ops:
-            ds = _apply(ds, op, seed=batch_seed)
-    else:
-        ds = grain.MapDataset.source(sources.PaddedShard(source, local_batch, pi, pc)).seed(seed)
-        for op in ops:
-            ds = _apply(ds, op)
-        ds = ds.batch(local_batch, drop_remainder=True)  # PaddedShard length is a multiple of the batch
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads),
-                                              prefetch_buffer_size=max(1, prefetch)))
-    if workers > 0:  # never rely on mp_prefetch's default of 10 workers (architecture.md pitfall 4)
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
-    it = it.map(ToGlobalArrays(sharding))
-    if prefetch > 0:
-        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
-    return iter(it)
+def build_iterator(
+    source,
+    ops,
+    *,
+    train: bool,
+    global_batch_size: int,
+    sharding=None,
+    seed: int = 0,
+    workers: int = 0,
+    prefetch: int = 2,
+    read_threads: int = 2,
+    batch_ops=(),
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+  """The grain pipeline around `source` (see module docstring). Returns a checkpointable DatasetIterator."""
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if global_batch_size % pc:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by the {pc} processes")
+  local_batch = global_batch_size // pc
+  if train:
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    for op in ops:
+      ds = _apply(ds, op)
+    ds = ds[pi::pc].batch(local_batch, drop_remainder=True)
+    # Batch-level randomness (mixup) must differ between processes: fold the process index into its seed.
+    batch_seed = zlib.crc32(f"{seed}/{pi}".encode()) % 2**31
+    for op in batch_ops:
+      ds = _apply(ds, op, seed=batch_seed)
+  else:
+    ds = grain.MapDataset.source(sources.PaddedShard(source, local_batch, pi, pc)).seed(seed)
+    for op in ops:
+      ds = _apply(ds, op)
+    ds = ds.batch(local_batch, drop_remainder=True)  # PaddedShard length is a multiple of the batch
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch)))
+  if workers > 0:  # never rely on mp_prefetch's default of 10 workers (architecture.md pitfall 4)
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
+  it = it.map(ToGlobalArrays(sharding))
+  if prefetch > 0:
+    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+  return iter(it)
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int = 1) -> int:
-    """Batches an eval iterator yields for `num_examples` (the same on every process)."""
-    per_process = math.ceil(num_examples / process_count)
-    return max(1, math.ceil(per_process / (global_batch_size // process_count)))
+  """Batches an eval iterator yields for `num_examples` (the same on every process)."""
+  per_process = math.ceil(num_examples / process_count)
+  return max(1, math.ceil(per_process / (global_batch_size // process_count)))

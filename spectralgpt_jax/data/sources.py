@@ -2,6 +2,7 @@
 
 No JAX here either (sources are pickled into grain workers).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,81 +14,87 @@ from spectralgpt_jax.data import transforms
 
 # Contract dataset name -> tfds builder name (ours are prefixed/suffixed to avoid tfds's stock `eurosat` and
 # `bigearthnet`, which need TensorFlow / apache-beam).
-BUILDER_NAMES = {"eurosat": "eurosat_ms", "bigearthnet": "bigearthnet_s2", "fmow_sentinel": "fmow_sentinel",
-                 "segmunich": "segmunich", "oscd": "oscd"}
+BUILDER_NAMES = {
+    "eurosat": "eurosat_ms",
+    "bigearthnet": "bigearthnet_s2",
+    "fmow_sentinel": "fmow_sentinel",
+    "segmunich": "segmunich",
+    "oscd": "oscd",
+}
 
 
 def default_data_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
 def tfds_source(name: str, split: str, data_dir: str | None):
-    """(ArrayRecord data source, band names) of a prepared dataset; a clear error if it was not prepared."""
-    import tensorflow_datasets as tfds
+  """(ArrayRecord data source, band names) of a prepared dataset; a clear error if it was not prepared."""
+  import tensorflow_datasets as tfds
 
-    from spectralgpt_jax.data import builders  # noqa: F401  (registers our builders with tfds)
+  from spectralgpt_jax.data import builders  # noqa: F401  (registers our builders with tfds)
 
-    if name not in BUILDER_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(BUILDER_NAMES)} or 'demo'")
-    data_dir = data_dir or default_data_dir()
-    builder = tfds.builder(BUILDER_NAMES[name], data_dir=data_dir)
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"dataset {name!r} is not prepared under {data_dir}; run: python -m spectralgpt_jax.data.prepare "
-            f"--dataset {name} --manual_dir <downloaded data> --data_dir {data_dir}")
-    if split not in builder.info.splits:
-        raise KeyError(f"dataset {name!r} has no split {split!r}; it has {list(builder.info.splits)}")
-    return builder.as_data_source(split), tuple(builder.info.metadata["bands"])
+  if name not in BUILDER_NAMES:
+    raise ValueError(f"unknown dataset {name!r}; choose from {sorted(BUILDER_NAMES)} or 'demo'")
+  data_dir = data_dir or default_data_dir()
+  builder = tfds.builder(BUILDER_NAMES[name], data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"dataset {name!r} is not prepared under {data_dir}; run: python -m spectralgpt_jax.data.prepare "
+        f"--dataset {name} --manual_dir <downloaded data> --data_dir {data_dir}"
+    )
+  if split not in builder.info.splits:
+    raise KeyError(f"dataset {name!r} has no split {split!r}; it has {list(builder.info.splits)}")
+  return builder.as_data_source(split), tuple(builder.info.metadata["bands"])
 
 
 class SceneWindows:
-    """Every window of side `window` (with fractional `overlap`, covering the borders) of every scene of a
-    source whose elements hold whole scenes (OSCD). Crops all image and label-map keys alike."""
+  """Every window of side `window` (with fractional `overlap`, covering the borders) of every scene of a
+  source whose elements hold whole scenes (OSCD). Crops all image and label-map keys alike."""
 
-    def __init__(self, scenes, window: int = 128, overlap: float = 0.5):
-        self.scenes, self.window = scenes, window
-        self.index = []
-        for i in range(len(scenes)):
-            key = next(k for k in transforms.IMAGE_KEYS if k in scenes[i])
-            h, w = scenes[i][key].shape[:2]
-            self.index += [(i, y, x) for y, x in transforms.sliding_windows(h, w, window, overlap)]
-        self._cached = (None, None)  # consecutive windows come from the same scene: keep the last one decoded
+  def __init__(self, scenes, window: int = 128, overlap: float = 0.5):
+    self.scenes, self.window = scenes, window
+    self.index = []
+    for i in range(len(scenes)):
+      key = next(k for k in transforms.IMAGE_KEYS if k in scenes[i])
+      h, w = scenes[i][key].shape[:2]
+      self.index += [(i, y, x) for y, x in transforms.sliding_windows(h, w, window, overlap)]
+    self._cached = (None, None)  # consecutive windows come from the same scene: keep the last one decoded
 
-    def __getstate__(self):
-        return {**self.__dict__, "_cached": (None, None)}
+  def __getstate__(self):
+    return {**self.__dict__, "_cached": (None, None)}
 
-    def __len__(self):
-        return len(self.index)
+  def __len__(self):
+    return len(self.index)
 
-    def __getitem__(self, k):
-        i, y, x = self.index[k]
-        if self._cached[0] != i:
-            self._cached = (i, self.scenes[i])
-        scene, s = self._cached[1], self.window
-        keys = [k for k in transforms.IMAGE_KEYS + transforms.MAP_KEYS if k in scene]
-        out = {k: np.ascontiguousarray(scene[k][y : y + s, x : x + s]) for k in keys}
-        out["id"] = f"{scene.get('id', i)}@{y},{x}"
-        return out
+  def __getitem__(self, k):
+    i, y, x = self.index[k]
+    if self._cached[0] != i:
+      self._cached = (i, self.scenes[i])
+    scene, s = self._cached[1], self.window
+    keys = [k for k in transforms.IMAGE_KEYS + transforms.MAP_KEYS if k in scene]
+    out = {k: np.ascontiguousarray(scene[k][y : y + s, x : x + s]) for k in keys}
+    out["id"] = f"{scene.get('id', i)}@{y},{x}"
+    return out
 
 
 class PaddedShard:
-    """This process's share of `source` (elements process_index, process_index + process_count, ...), padded to
-    a whole number of batches that is the same on every process, with a `valid` flag per element.
-    Together the processes' valid elements are every element of `source` exactly once."""
+  """This process's share of `source` (elements process_index, process_index + process_count, ...), padded to
+  a whole number of batches that is the same on every process, with a `valid` flag per element.
+  Together the processes' valid elements are every element of `source` exactly once."""
 
-    def __init__(self, source, batch_size: int, process_index: int = 0, process_count: int = 1):
-        n = len(source)
-        if n == 0:
-            raise ValueError("cannot evaluate on an empty source")
-        self.source = source
-        self.indices = list(range(process_index, n, process_count))
-        per_process = math.ceil(n / process_count)
-        self.length = max(1, math.ceil(per_process / batch_size)) * batch_size
+  def __init__(self, source, batch_size: int, process_index: int = 0, process_count: int = 1):
+    n = len(source)
+    if n == 0:
+      raise ValueError("cannot evaluate on an empty source")
+    self.source = source
+    self.indices = list(range(process_index, n, process_count))
+    per_process = math.ceil(n / process_count)
+    self.length = max(1, math.ceil(per_process / batch_size)) * batch_size
 
-    def __len__(self):
-        return self.length
+  def __len__(self):
+    return self.length
 
-    def __getitem__(self, k):
-        valid = k < len(self.indices)
-        ex = self.source[self.indices[k] if valid else (self.indices[0] if self.indices else 0)]
-        return {**ex, "valid": np.bool_(valid)}
+  def __getitem__(self, k):
+    valid = k < len(self.indices)
+    ex = self.source[self.indices[k] if valid else (self.indices[0] if self.indices else 0)]
+    return {**ex, "valid": np.bool_(valid)}

@@ -7,6 +7,7 @@ Element schema (all images uint16, canonical band order, bands in `info.metadata
   segmunich       image [128,128,10]          mask [128,128] uint8 (0..12) id  (bands B01..B07,B8A,B11,B12)
   oscd            image1/image2 [H,W,12]      change [H,W] uint8 (0/1)    id   (whole cities; crops in the pipeline)
 """
+
 from __future__ import annotations
 
 import os
@@ -22,109 +23,127 @@ _DOCS = "See docs/data.md of spectralgpt_jax for the full recipe."
 
 
 class EurosatMs(Sentinel2Builder):
-    DESCRIPTION = "EuroSAT-MS: 27,000 Sentinel-2 L1C patches, 64x64, 10 classes (B8A reordered, B10 dropped)."
-    HOMEPAGE = "https://github.com/phelber/EuroSAT"
-    LICENSE = "MIT (dataset); Copernicus Sentinel data terms"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+  DESCRIPTION = "EuroSAT-MS: 27,000 Sentinel-2 L1C patches, 64x64, 10 classes (B8A reordered, B10 dropped)."
+  HOMEPAGE = "https://github.com/phelber/EuroSAT"
+  LICENSE = "MIT (dataset); Copernicus Sentinel data terms"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Put EuroSAT_MS.zip / EuroSATallBands.zip, or its extracted folder, in manual_dir, optionally with split files:
       wget https://zenodo.org/records/7711810/files/EuroSAT_MS.zip
       # or: wget https://hf.co/datasets/torchgeo/eurosat/resolve/1ce6f1bfb56db63fd91b6ecc466ea67f2509774c/EuroSATallBands.zip
       for s in train val test; do wget https://hf.co/datasets/torchgeo/eurosat/resolve/1ce6f1bfb56db63fd91b6ecc466ea67f2509774c/eurosat-$s.txt; done
     {_DOCS}"""
 
-    def _features(self):
-        return {"image": image_feature(64, 64), "label": tfds.features.ClassLabel(names=eurosat.CLASSES),
-                "id": tfds.features.Text()}
+  def _features(self):
+    return {
+        "image": image_feature(64, 64),
+        "label": tfds.features.ClassLabel(names=eurosat.CLASSES),
+        "id": tfds.features.Text(),
+    }
 
-    def _split_generators(self, dl_manager):
-        root = self._manual_dir(dl_manager)
-        zips = sorted(f for f in os.listdir(root) if f.lower().endswith(".zip") and "eurosat" in f.lower())
-        reader = eurosat.EuroSAT(os.path.join(root, zips[0]) if zips else root, split_dir=root)
-        return {split: self._generate_examples(stems, reader.read) for split, stems in reader.splits().items()}
+  def _split_generators(self, dl_manager):
+    root = self._manual_dir(dl_manager)
+    zips = sorted(f for f in os.listdir(root) if f.lower().endswith(".zip") and "eurosat" in f.lower())
+    reader = eurosat.EuroSAT(os.path.join(root, zips[0]) if zips else root, split_dir=root)
+    return {split: self._generate_examples(stems, reader.read) for split, stems in reader.splits().items()}
 
 
 class BigearthnetS2(Sentinel2Builder):
-    DESCRIPTION = ("BigEarthNet-S2 v1.0 (L2A), 12 bands resampled bilinearly to 120x120 (10 m), BEN-19 multi-hot "
-                   "labels, official cloud/snow exclusion and BEN-19 splits; train_10pct = seeded 10% of train.")
-    HOMEPAGE = "https://bigearth.net"
-    LICENSE = "CDLA-Permissive-1.0"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+  DESCRIPTION = (
+      "BigEarthNet-S2 v1.0 (L2A), 12 bands resampled bilinearly to 120x120 (10 m), BEN-19 multi-hot "
+      "labels, official cloud/snow exclusion and BEN-19 splits; train_10pct = seeded 10% of train."
+  )
+  HOMEPAGE = "https://bigearth.net"
+  LICENSE = "CDLA-Permissive-1.0"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Extract BigEarthNet-S2-v1.0.tar.gz in manual_dir (gives BigEarthNet-v1.0/<patch>/...):
       wget https://zenodo.org/records/12687186/files/BigEarthNet-S2-v1.0.tar.gz   # 65 GiB, md5 5a64e9ce38deb036a435a7b59494924c
       tar xzf BigEarthNet-S2-v1.0.tar.gz -C <manual_dir>
     The official cloud/snow lists and BEN-19 splits ship with spectralgpt_jax (from bigearthnet-common 2.8.0).
     {_DOCS}"""
-    SUBSET_FRACTION, SUBSET_SEED = 0.1, 0
+  SUBSET_FRACTION, SUBSET_SEED = 0.1, 0
 
-    def __init__(self, *, lists_dir: str | None = None, **kwargs):
-        self.lists_dir = lists_dir
-        super().__init__(**kwargs)
+  def __init__(self, *, lists_dir: str | None = None, **kwargs):
+    self.lists_dir = lists_dir
+    super().__init__(**kwargs)
 
-    def _features(self):
-        return {"image": image_feature(120, 120), "id": tfds.features.Text(),
-                "labels": tfds.features.Tensor(shape=(len(bigearthnet.LABELS_19),), dtype=np.uint8)}
+  def _features(self):
+    return {
+        "image": image_feature(120, 120),
+        "id": tfds.features.Text(),
+        "labels": tfds.features.Tensor(shape=(len(bigearthnet.LABELS_19),), dtype=np.uint8),
+    }
 
-    def _split_generators(self, dl_manager):
-        reader = bigearthnet.BigEarthNet(self._manual_dir(dl_manager), self.lists_dir)
-        splits = {s: reader.split_names(s, self.report) for s in bigearthnet.SPLITS}
-        splits["train_10pct"] = bigearthnet.seeded_subset(splits["train"], self.SUBSET_FRACTION, self.SUBSET_SEED)
-        return {s: self._generate_examples(names, reader.read) for s, names in splits.items() if names}
+  def _split_generators(self, dl_manager):
+    reader = bigearthnet.BigEarthNet(self._manual_dir(dl_manager), self.lists_dir)
+    splits = {s: reader.split_names(s, self.report) for s in bigearthnet.SPLITS}
+    splits["train_10pct"] = bigearthnet.seeded_subset(splits["train"], self.SUBSET_FRACTION, self.SUBSET_SEED)
+    return {s: self._generate_examples(names, reader.read) for s, names in splits.items() if names}
 
 
 class FmowSentinel(Sentinel2Builder):
-    DESCRIPTION = "fMoW-Sentinel (SatMAE): 13-band L1C crops of varying size, 62 classes; B10 dropped."
-    HOMEPAGE = "https://purl.stanford.edu/vg497cb6002"
-    LICENSE = "see https://purl.stanford.edu/vg497cb6002 (terms of the Stanford Digital Repository item)"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+  DESCRIPTION = "fMoW-Sentinel (SatMAE): 13-band L1C crops of varying size, 62 classes; B10 dropped."
+  HOMEPAGE = "https://purl.stanford.edu/vg497cb6002"
+  LICENSE = "see https://purl.stanford.edu/vg497cb6002 (terms of the Stanford Digital Repository item)"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download the fMoW-Sentinel archive and CSVs from https://purl.stanford.edu/vg497cb6002 and put train.csv,
     val.csv (test.csv) and the extracted fmow-sentinel/ folder in manual_dir. {_DOCS}"""
 
-    def _features(self):
-        return {"image": image_feature(), "label": tfds.features.ClassLabel(names=fmow.CATEGORIES),
-                "id": tfds.features.Text()}
+  def _features(self):
+    return {
+        "image": image_feature(),
+        "label": tfds.features.ClassLabel(names=fmow.CATEGORIES),
+        "id": tfds.features.Text(),
+    }
 
-    def _split_generators(self, dl_manager):
-        reader = fmow.FMoWSentinel(self._manual_dir(dl_manager))
-        splits = reader.available_splits()
-        if not splits:
-            raise fmow.DataError(f"{reader.root}: none of train.csv / val.csv / test.csv found")
-        return {s: self._generate_examples(reader.rows(s), reader.read, lambda r: r["image_path"]) for s in splits}
+  def _split_generators(self, dl_manager):
+    reader = fmow.FMoWSentinel(self._manual_dir(dl_manager))
+    splits = reader.available_splits()
+    if not splits:
+      raise fmow.DataError(f"{reader.root}: none of train.csv / val.csv / test.csv found")
+    return {s: self._generate_examples(reader.rows(s), reader.read, lambda r: r["image_path"]) for s in splits}
 
 
 class Segmunich(Sentinel2Builder):
-    BANDS = bandlib.canonical_subset(segmunich.BANDS)
-    DESCRIPTION = "SegMunich TUM_128 (SpectralGPT): 128x128 10-band tiles, 13-class masks (reference remap)."
-    HOMEPAGE = "https://huggingface.co/datasets/Moonboy12138/SegMunich"
-    LICENSE = "not stated by the authors; check the Hugging Face dataset card"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+  BANDS = bandlib.canonical_subset(segmunich.BANDS)
+  DESCRIPTION = "SegMunich TUM_128 (SpectralGPT): 128x128 10-band tiles, 13-class masks (reference remap)."
+  HOMEPAGE = "https://huggingface.co/datasets/Moonboy12138/SegMunich"
+  LICENSE = "not stated by the authors; check the Hugging Face dataset card"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
       wget https://huggingface.co/datasets/Moonboy12138/SegMunich/resolve/main/TUM_128.zip && unzip TUM_128.zip -d <manual_dir>
     {_DOCS}"""
 
-    def _features(self):
-        return {"image": image_feature(128, 128, len(self.BANDS)), "mask": map_feature(128, 128),
-                "id": tfds.features.Text()}
+  def _features(self):
+    return {
+        "image": image_feature(128, 128, len(self.BANDS)),
+        "mask": map_feature(128, 128),
+        "id": tfds.features.Text(),
+    }
 
-    def _split_generators(self, dl_manager):
-        reader = segmunich.SegMunich(self._manual_dir(dl_manager))
-        return {s: self._generate_examples(reader.ids(s), reader.read) for s in segmunich.SPLITS}
+  def _split_generators(self, dl_manager):
+    reader = segmunich.SegMunich(self._manual_dir(dl_manager))
+    return {s: self._generate_examples(reader.ids(s), reader.read) for s in segmunich.SPLITS}
 
 
 class Oscd(Sentinel2Builder):
-    DESCRIPTION = "OSCD: 24 Sentinel-2 L1C city pairs (imgs_*_rect, read as-is), binary change maps; 14 train / 10 test."
-    HOMEPAGE = "https://rcdaudt.github.io/oscd/"
-    LICENSE = "CC-BY-4.0"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+  DESCRIPTION = "OSCD: 24 Sentinel-2 L1C city pairs (imgs_*_rect, read as-is), binary change maps; 14 train / 10 test."
+  HOMEPAGE = "https://rcdaudt.github.io/oscd/"
+  LICENSE = "CC-BY-4.0"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Unzip the three OSCD archives into manual_dir ("Onera Satellite Change Detection dataset - Images",
     "... - Train Labels", "... - Test Labels"); train.txt/test.txt are in the Images folder. {_DOCS}"""
 
-    def _features(self):
-        return {"image1": image_feature(), "image2": image_feature(), "change": map_feature(),
-                "id": tfds.features.Text()}
+  def _features(self):
+    return {"image1": image_feature(), "image2": image_feature(), "change": map_feature(), "id": tfds.features.Text()}
 
-    def _split_generators(self, dl_manager):
-        reader = oscd.OSCD(self._manual_dir(dl_manager))
-        return {s: self._generate_examples(reader.cities(s), reader.read) for s in oscd.SPLITS}
+  def _split_generators(self, dl_manager):
+    reader = oscd.OSCD(self._manual_dir(dl_manager))
+    return {s: self._generate_examples(reader.cities(s), reader.read) for s in oscd.SPLITS}
 
 
-BUILDERS = {"eurosat": EurosatMs, "bigearthnet": BigearthnetS2, "fmow_sentinel": FmowSentinel,
-            "segmunich": Segmunich, "oscd": Oscd}
+BUILDERS = {
+    "eurosat": EurosatMs,
+    "bigearthnet": BigearthnetS2,
+    "fmow_sentinel": FmowSentinel,
+    "segmunich": Segmunich,
+    "oscd": Oscd,
+}

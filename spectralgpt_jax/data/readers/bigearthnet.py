@@ -11,6 +11,7 @@
 * Exclusion and splits: the official cloud/shadow and seasonal-snow lists and the official BEN-19
   train/val/test lists (shipped in `spectralgpt_jax/data/lists/`, from bigearthnet-common 2.8.0).
 """
+
 from __future__ import annotations
 
 import json
@@ -95,100 +96,102 @@ PACKAGED_LISTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "lists
 
 
 def multi_hot_19(names_43, where: str) -> np.ndarray:
-    out = np.zeros(len(LABELS_19), np.uint8)
-    for n in names_43:
-        if n not in LABEL_43_TO_19:
-            raise DataError(f"{where}: unknown BigEarthNet class name {n!r}")
-        target = LABEL_43_TO_19[n]
-        if target is not None:
-            out[LABELS_19.index(target)] = 1
-    return out
+  out = np.zeros(len(LABELS_19), np.uint8)
+  for n in names_43:
+    if n not in LABEL_43_TO_19:
+      raise DataError(f"{where}: unknown BigEarthNet class name {n!r}")
+    target = LABEL_43_TO_19[n]
+    if target is not None:
+      out[LABELS_19.index(target)] = 1
+  return out
 
 
 def find_list(lists_dir: str | None, key: str) -> str:
-    """Path of an official list: `<dir>/[bigearthnet_]<name>.csv[.bz2]` (packaged copies by default)."""
-    base = lists_dir or PACKAGED_LISTS
-    for prefix in ("bigearthnet_", ""):
-        for ext in (".csv.bz2", ".csv", ".txt"):
-            p = os.path.join(base, prefix + LIST_NAMES[key] + ext)
-            if os.path.exists(p):
-                return p
-    raise DataError(f"{base}: no BigEarthNet list {LIST_NAMES[key]}.csv[.bz2] found")
+  """Path of an official list: `<dir>/[bigearthnet_]<name>.csv[.bz2]` (packaged copies by default)."""
+  base = lists_dir or PACKAGED_LISTS
+  for prefix in ("bigearthnet_", ""):
+    for ext in (".csv.bz2", ".csv", ".txt"):
+      p = os.path.join(base, prefix + LIST_NAMES[key] + ext)
+      if os.path.exists(p):
+        return p
+  raise DataError(f"{base}: no BigEarthNet list {LIST_NAMES[key]}.csv[.bz2] found")
 
 
 def seeded_subset(names, fraction: float, seed: int) -> list[str]:
-    """A reproducible random `fraction` of `names` (the reference fine-tunes on an unpublished 10 % subset;
-    ours is drawn with numpy's PCG64 from the sorted official train list)."""
-    names = sorted(names)
-    k = int(round(fraction * len(names)))
-    pick = np.random.default_rng(seed).choice(len(names), size=k, replace=False)
-    return [names[i] for i in sorted(pick)]
+  """A reproducible random `fraction` of `names` (the reference fine-tunes on an unpublished 10 % subset;
+  ours is drawn with numpy's PCG64 from the sorted official train list)."""
+  names = sorted(names)
+  k = int(round(fraction * len(names)))
+  pick = np.random.default_rng(seed).choice(len(names), size=k, replace=False)
+  return [names[i] for i in sorted(pick)]
 
 
 class BigEarthNet:
-    def __init__(self, root: str, lists_dir: str | None = None):
-        for sub in ("BigEarthNet-v1.0", "BigEarthNet-S2-Example"):
-            if os.path.isdir(os.path.join(root, sub)):
-                root = os.path.join(root, sub)
-        common.require_dir(root, "BigEarthNet-S2 v1.0")
-        self.root = root
-        self.lists_dir = lists_dir
-        self.excluded = {}
-        for key in ("cloud_and_shadow", "seasonal_snow", "no_19_class_targets"):
-            for name in common.read_name_list(find_list(lists_dir, key)):
-                self.excluded.setdefault(name, key)
 
-    def exclusion_reason(self, name: str) -> str | None:
-        return self.excluded.get(name)
+  def __init__(self, root: str, lists_dir: str | None = None):
+    for sub in ("BigEarthNet-v1.0", "BigEarthNet-S2-Example"):
+      if os.path.isdir(os.path.join(root, sub)):
+        root = os.path.join(root, sub)
+    common.require_dir(root, "BigEarthNet-S2 v1.0")
+    self.root = root
+    self.lists_dir = lists_dir
+    self.excluded = {}
+    for key in ("cloud_and_shadow", "seasonal_snow", "no_19_class_targets"):
+      for name in common.read_name_list(find_list(lists_dir, key)):
+        self.excluded.setdefault(name, key)
 
-    def split_names(self, split: str, report: common.Report | None = None,
-                    subset_fraction: float = 1.0, subset_seed: int = 0) -> list[str]:
-        """Patches of an official BEN-19 split that are present under root, minus the exclusion lists.
+  def exclusion_reason(self, name: str) -> str | None:
+    return self.excluded.get(name)
 
-        Patches listed but absent on disk are counted in the report (`not_on_disk`) so a partial download is
-        visible; a patch folder that exists but is broken is an error at read time.
-        """
-        if split not in SPLITS:
-            raise ValueError(f"unknown BigEarthNet split {split!r}; choose from {SPLITS}")
-        listed = common.read_name_list(find_list(self.lists_dir, split))
-        on_disk = set(os.listdir(self.root))
-        names = []
-        for n in listed:
-            reason = self.excluded.get(n)
-            if reason is None and n not in on_disk:
-                reason = "not_on_disk"
-            if reason is not None:
-                if report is not None:
-                    report.excluded[reason] += 1
-                continue
-            names.append(n)
-        return seeded_subset(names, subset_fraction, subset_seed) if subset_fraction < 1 else names
+  def split_names(
+      self, split: str, report: common.Report | None = None, subset_fraction: float = 1.0, subset_seed: int = 0
+  ) -> list[str]:
+    """Patches of an official BEN-19 split that are present under root, minus the exclusion lists.
 
-    def read_labels(self, name: str) -> np.ndarray:
-        path = os.path.join(self.root, name, f"{name}_labels_metadata.json")
-        if not os.path.exists(path):
-            raise DataError(f"{path}: label file not found")
-        try:
-            with open(path, encoding="utf-8") as f:
-                labels = json.load(f)["labels"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: not a BigEarthNet labels json ({e})") from e
-        return multi_hot_19(labels, path)
+    Patches listed but absent on disk are counted in the report (`not_on_disk`) so a partial download is
+    visible; a patch folder that exists but is broken is an error at read time.
+    """
+    if split not in SPLITS:
+      raise ValueError(f"unknown BigEarthNet split {split!r}; choose from {SPLITS}")
+    listed = common.read_name_list(find_list(self.lists_dir, split))
+    on_disk = set(os.listdir(self.root))
+    names = []
+    for n in listed:
+      reason = self.excluded.get(n)
+      if reason is None and n not in on_disk:
+        reason = "not_on_disk"
+      if reason is not None:
+        if report is not None:
+          report.excluded[reason] += 1
+        continue
+      names.append(n)
+    return seeded_subset(names, subset_fraction, subset_seed) if subset_fraction < 1 else names
 
-    def read_image(self, name: str) -> np.ndarray:
-        """uint16 [120, 120, 12] in canonical band order."""
-        out = []
-        for b in bandlib.CANONICAL:
-            path = os.path.join(self.root, name, f"{name}_{b}.tif")
-            n = NATIVE_SIZE[b]
-            band = common.read_tif(path, ndim=2, shape=(n, n))
-            if n != PATCH_SIZE:
-                band = common.to_uint16(common.resample_bilinear(band, (PATCH_SIZE, PATCH_SIZE)))
-            out.append(band)
-        return np.stack(out, axis=-1)
+  def read_labels(self, name: str) -> np.ndarray:
+    path = os.path.join(self.root, name, f"{name}_labels_metadata.json")
+    if not os.path.exists(path):
+      raise DataError(f"{path}: label file not found")
+    try:
+      with open(path, encoding="utf-8") as f:
+        labels = json.load(f)["labels"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise DataError(f"{path}: not a BigEarthNet labels json ({e})") from e
+    return multi_hot_19(labels, path)
 
-    def read(self, name: str) -> dict:
-        labels = self.read_labels(name)
-        if not labels.any():
-            raise DataError(f"{os.path.join(self.root, name)}: no label maps to the 19-class nomenclature")
-        return {"image": self.read_image(name), "labels": labels, "id": name}
+  def read_image(self, name: str) -> np.ndarray:
+    """uint16 [120, 120, 12] in canonical band order."""
+    out = []
+    for b in bandlib.CANONICAL:
+      path = os.path.join(self.root, name, f"{name}_{b}.tif")
+      n = NATIVE_SIZE[b]
+      band = common.read_tif(path, ndim=2, shape=(n, n))
+      if n != PATCH_SIZE:
+        band = common.to_uint16(common.resample_bilinear(band, (PATCH_SIZE, PATCH_SIZE)))
+      out.append(band)
+    return np.stack(out, axis=-1)
+
+  def read(self, name: str) -> dict:
+    labels = self.read_labels(name)
+    if not labels.any():
+      raise DataError(f"{os.path.join(self.root, name)}: no label maps to the 19-class nomenclature")
+    return {"image": self.read_image(name), "labels": labels, "id": name}

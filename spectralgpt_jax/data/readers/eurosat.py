@@ -11,6 +11,7 @@ Splits: EuroSAT has no official split. If split files sit next to the data we us
   * SpectralGPT's `train_euro_result.txt` / `val_euro_result.txt` (lines `tif/<Class>/<Class>_<n>.tif  <label>`).
 Otherwise everything goes to a single `train` split (as tfds's `eurosat`), and a warning says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,18 @@ from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.data.readers import common
 from spectralgpt_jax.data.readers.common import DataError
 
-CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
-           "Residential", "River", "SeaLake")  # label id = alphabetical index, as tfds and the reference
+CLASSES = (
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+)  # label id = alphabetical index, as tfds and the reference
 SIZE = 64
 SPLIT_FILES = {
     "neumann": {s: f"eurosat-{s}.txt" for s in ("train", "val", "test")},
@@ -31,68 +42,70 @@ SPLIT_FILES = {
 
 
 class EuroSAT:
-    """`source` is a folder or a .zip. `split_dir` holds optional split files (defaults to the source's folder)."""
+  """`source` is a folder or a .zip. `split_dir` holds optional split files (defaults to the source's folder)."""
 
-    def __init__(self, source: str, split_dir: str | None = None):
-        self.source = source
-        if not os.path.exists(source):
-            raise DataError(f"{source}: EuroSAT-MS folder or zip not found")
-        self._zip = zipfile.ZipFile(source) if zipfile.is_zipfile(source) else None
-        members = self._zip.namelist() if self._zip else _walk(source)
-        self.files = {}  # file stem -> relative path
-        for rel in members:
-            if not rel.lower().endswith(".tif") or "__MACOSX" in rel or os.path.basename(rel).startswith("._"):
-                continue  # macOS zip resource forks are not images
-            parent = rel.replace("\\", "/").split("/")[-2] if "/" in rel else ""
-            if parent not in CLASSES:
-                raise DataError(f"{os.path.join(source, rel)}: unknown EuroSAT class name {parent!r}")
-            self.files[os.path.splitext(os.path.basename(rel))[0]] = rel
-        if not self.files:
-            raise DataError(f"{source}: no EuroSAT-MS .tif files found (empty or wrong folder)")
-        self.split_dir = split_dir or (os.path.dirname(source) if self._zip else source)
+  def __init__(self, source: str, split_dir: str | None = None):
+    self.source = source
+    if not os.path.exists(source):
+      raise DataError(f"{source}: EuroSAT-MS folder or zip not found")
+    self._zip = zipfile.ZipFile(source) if zipfile.is_zipfile(source) else None
+    members = self._zip.namelist() if self._zip else _walk(source)
+    self.files = {}  # file stem -> relative path
+    for rel in members:
+      if not rel.lower().endswith(".tif") or "__MACOSX" in rel or os.path.basename(rel).startswith("._"):
+        continue  # macOS zip resource forks are not images
+      parent = rel.replace("\\", "/").split("/")[-2] if "/" in rel else ""
+      if parent not in CLASSES:
+        raise DataError(f"{os.path.join(source, rel)}: unknown EuroSAT class name {parent!r}")
+      self.files[os.path.splitext(os.path.basename(rel))[0]] = rel
+    if not self.files:
+      raise DataError(f"{source}: no EuroSAT-MS .tif files found (empty or wrong folder)")
+    self.split_dir = split_dir or (os.path.dirname(source) if self._zip else source)
 
-    def __getstate__(self):  # zip handles are not picklable; reopen lazily
-        return {**self.__dict__, "_zip": None, "_reopen": self._zip is not None}
+  def __getstate__(self):  # zip handles are not picklable; reopen lazily
+    return {**self.__dict__, "_zip": None, "_reopen": self._zip is not None}
 
-    def __setstate__(self, state):
-        reopen = state.pop("_reopen")
-        self.__dict__.update(state)
-        if reopen:
-            self._zip = zipfile.ZipFile(self.source)
+  def __setstate__(self, state):
+    reopen = state.pop("_reopen")
+    self.__dict__.update(state)
+    if reopen:
+      self._zip = zipfile.ZipFile(self.source)
 
-    def splits(self) -> dict[str, list[str]]:
-        """split name -> file stems, from split files if present, else {'train': everything}."""
-        for scheme, files in SPLIT_FILES.items():
-            paths = {s: os.path.join(self.split_dir, f) for s, f in files.items()}
-            if all(os.path.exists(p) for p in paths.values()):
-                return {s: self._read_split(p) for s, p in paths.items()}
-        logging.warning("EuroSAT: no split files in %s; putting all %d images in 'train'", self.split_dir,
-                        len(self.files))
-        return {"train": sorted(self.files)}
+  def splits(self) -> dict[str, list[str]]:
+    """split name -> file stems, from split files if present, else {'train': everything}."""
+    for scheme, files in SPLIT_FILES.items():
+      paths = {s: os.path.join(self.split_dir, f) for s, f in files.items()}
+      if all(os.path.exists(p) for p in paths.values()):
+        return {s: self._read_split(p) for s, p in paths.items()}
+    logging.warning("EuroSAT: no split files in %s; putting all %d images in 'train'", self.split_dir, len(self.files))
+    return {"train": sorted(self.files)}
 
-    def _read_split(self, path: str) -> list[str]:
-        stems = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    stem = os.path.splitext(os.path.basename(line.split()[0]))[0]
-                    if stem not in self.files:
-                        raise DataError(f"{path}: lists {stem!r}, which is not in {self.source}")
-                    stems.append(stem)
-        return stems
+  def _read_split(self, path: str) -> list[str]:
+    stems = []
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if line.strip():
+          stem = os.path.splitext(os.path.basename(line.split()[0]))[0]
+          if stem not in self.files:
+            raise DataError(f"{path}: lists {stem!r}, which is not in {self.source}")
+          stems.append(stem)
+    return stems
 
-    def read(self, stem: str) -> dict:
-        rel = self.files[stem]
-        where = os.path.join(self.source, rel)
-        data = self._zip.read(rel) if self._zip else os.path.join(self.source, rel)
-        image = common.read_tif(data, name=where, ndim=3, shape=(SIZE, SIZE), bands=13)
-        cls = rel.replace("\\", "/").split("/")[-2]
-        return {"image": bandlib.reorder(image, bandlib.ON_DISK["eurosat"], bandlib.CANONICAL),
-                "label": CLASSES.index(cls), "id": stem}
+  def read(self, stem: str) -> dict:
+    rel = self.files[stem]
+    where = os.path.join(self.source, rel)
+    data = self._zip.read(rel) if self._zip else os.path.join(self.source, rel)
+    image = common.read_tif(data, name=where, ndim=3, shape=(SIZE, SIZE), bands=13)
+    cls = rel.replace("\\", "/").split("/")[-2]
+    return {
+        "image": bandlib.reorder(image, bandlib.ON_DISK["eurosat"], bandlib.CANONICAL),
+        "label": CLASSES.index(cls),
+        "id": stem,
+    }
 
 
 def _walk(root: str) -> list[str]:
-    out = []
-    for d, _, files in os.walk(root):
-        out += [os.path.relpath(os.path.join(d, f), root) for f in files]
-    return sorted(out)
+  out = []
+  for d, _, files in os.walk(root):
+    out += [os.path.relpath(os.path.join(d, f), root) for f in files]
+  return sorted(out)

@@ -7,6 +7,7 @@ Labels are looked for in `<root>/Onera Satellite Change Detection dataset - {Tra
 and then in `<Images>/<city>/cm/cm.png` (the reference's merged layout). Splits: `train.txt`/`test.txt` in the
 Images folder, one comma-separated line of city names.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,53 +24,56 @@ SPLITS = ("train", "test")
 
 
 class OSCD:
-    def __init__(self, root: str):
-        images = os.path.join(root, PREFIX + "Images")
-        self.images = images if os.path.isdir(images) else root
-        common.require_dir(self.images, "OSCD Images")
-        self.root = root
 
-    def cities(self, split: str) -> list[str]:
-        path = os.path.join(self.images, f"{split}.txt")
-        if not os.path.exists(path):
-            raise DataError(f"{path}: OSCD city list not found")
-        with open(path, encoding="utf-8") as f:
-            cities = [c.strip() for c in f.read().replace("\n", ",").split(",") if c.strip()]
-        if not cities:
-            raise DataError(f"{path}: city list is empty")
-        return cities
+  def __init__(self, root: str):
+    images = os.path.join(root, PREFIX + "Images")
+    self.images = images if os.path.isdir(images) else root
+    common.require_dir(self.images, "OSCD Images")
+    self.root = root
 
-    def _label_path(self, city: str) -> str:
-        for sub in (PREFIX + "Train Labels", PREFIX + "Test Labels"):
-            p = os.path.join(self.root, sub, city, "cm", "cm.png")
-            if os.path.exists(p):
-                return p
-        return os.path.join(self.images, city, "cm", "cm.png")
+  def cities(self, split: str) -> list[str]:
+    path = os.path.join(self.images, f"{split}.txt")
+    if not os.path.exists(path):
+      raise DataError(f"{path}: OSCD city list not found")
+    with open(path, encoding="utf-8") as f:
+      cities = [c.strip() for c in f.read().replace("\n", ",").split(",") if c.strip()]
+    if not cities:
+      raise DataError(f"{path}: city list is empty")
+    return cities
 
-    def _read_date(self, city: str, date: int) -> np.ndarray:
-        folder = os.path.join(self.images, city, f"imgs_{date}_rect")
-        common.require_dir(folder, f"OSCD {city} date {date}")
-        out, shape = [], None
-        for b in bandlib.CANONICAL:
-            path = os.path.join(folder, f"{b}.tif")
-            band = common.read_tif(path, ndim=2, shape=shape)
-            shape = band.shape
-            out.append(band)
-        return np.stack(out, axis=-1)
+  def _label_path(self, city: str) -> str:
+    for sub in (PREFIX + "Train Labels", PREFIX + "Test Labels"):
+      p = os.path.join(self.root, sub, city, "cm", "cm.png")
+      if os.path.exists(p):
+        return p
+    return os.path.join(self.images, city, "cm", "cm.png")
 
-    def read(self, city: str) -> dict:
-        image1, image2 = self._read_date(city, 1), self._read_date(city, 2)
-        if image1.shape != image2.shape:
-            raise DataError(f"{os.path.join(self.images, city)}: imgs_1_rect {image1.shape[:2]} and imgs_2_rect "
-                            f"{image2.shape[:2]} differ in size")
-        path = self._label_path(city)
-        if not os.path.exists(path):
-            raise DataError(f"{path}: OSCD change map not found")
-        try:
-            with Image.open(path) as im:
-                cm = np.asarray(im.convert("L"))
-        except OSError as e:
-            raise DataError(f"{path}: unreadable change map ({e})") from e
-        if cm.shape != image1.shape[:2]:
-            raise DataError(f"{path}: change map {cm.shape} does not match the images {image1.shape[:2]}")
-        return {"image1": image1, "image2": image2, "change": (cm != 0).astype(np.uint8), "id": city}
+  def _read_date(self, city: str, date: int) -> np.ndarray:
+    folder = os.path.join(self.images, city, f"imgs_{date}_rect")
+    common.require_dir(folder, f"OSCD {city} date {date}")
+    out, shape = [], None
+    for b in bandlib.CANONICAL:
+      path = os.path.join(folder, f"{b}.tif")
+      band = common.read_tif(path, ndim=2, shape=shape)
+      shape = band.shape
+      out.append(band)
+    return np.stack(out, axis=-1)
+
+  def read(self, city: str) -> dict:
+    image1, image2 = self._read_date(city, 1), self._read_date(city, 2)
+    if image1.shape != image2.shape:
+      raise DataError(
+          f"{os.path.join(self.images, city)}: imgs_1_rect {image1.shape[:2]} and imgs_2_rect "
+          f"{image2.shape[:2]} differ in size"
+      )
+    path = self._label_path(city)
+    if not os.path.exists(path):
+      raise DataError(f"{path}: OSCD change map not found")
+    try:
+      with Image.open(path) as im:
+        cm = np.asarray(im.convert("L"))
+    except OSError as e:
+      raise DataError(f"{path}: unreadable change map ({e})") from e
+    if cm.shape != image1.shape[:2]:
+      raise DataError(f"{path}: change map {cm.shape} does not match the images {image1.shape[:2]}")
+    return {"image1": image1, "image2": image2, "change": (cm != 0).astype(np.uint8), "id": city}
