@@ -121,6 +121,7 @@ def pretrain_iterator(
     train: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    start_batch: int = 0,
 ):
   """Pretraining batches {"image": float32 [B, S, S, 12]} (+ "valid" bool [B] when train=False).
 
@@ -144,6 +145,7 @@ def pretrain_iterator(
       read_threads=cfg.get("read_threads", 2),
       process_index=process_index,
       process_count=process_count,
+      start_batch=start_batch,
   )
 
 
@@ -156,6 +158,7 @@ def finetune_iterator(
     train: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    start_batch: int = 0,
 ):
   """Fine-tuning batches. Keys: eurosat {"image", "label"} (or "targets" [B, C] float when mixup/cutmix/label
   smoothing is on); bigearthnet {"image", "labels" uint8 [B, 19]} (or "targets"); segmunich {"image", "mask"};
@@ -194,6 +197,7 @@ def finetune_iterator(
       read_threads=cfg.get("read_threads", 2),
       process_index=process_index,
       process_count=process_count,
+      start_batch=start_batch,
   )
 
 
@@ -230,8 +234,14 @@ def build_iterator(
     batch_ops=(),
     process_index: int | None = None,
     process_count: int | None = None,
+    start_batch: int = 0,
 ):
-  """The grain pipeline around `source` (see module docstring). Returns a checkpointable DatasetIterator."""
+  """The grain pipeline around `source` (see module docstring). Returns a checkpointable DatasetIterator.
+
+  `start_batch` (train only) starts at global batch `start_batch` of the stream. Global batch i holds stream
+  elements i*B .. (i+1)*B - 1 whatever the process or worker count, so a run resumed on another host or worker
+  layout (where grain's saved iterator state does not apply) continues on exactly the examples it would have seen.
+  """
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   if global_batch_size % pc:
@@ -242,11 +252,15 @@ def build_iterator(
     for op in ops:
       ds = _apply(ds, op)
     ds = ds[pi::pc].batch(local_batch, drop_remainder=True)
+    if start_batch:
+      ds = ds[start_batch:]
     # Batch-level randomness (mixup) must differ between processes: fold the process index into its seed.
     batch_seed = zlib.crc32(f"{seed}/{pi}".encode()) % 2**31
     for op in batch_ops:
       ds = _apply(ds, op, seed=batch_seed)
   else:
+    if start_batch:
+      raise ValueError("start_batch applies to training iterators only")
     ds = grain.MapDataset.source(sources.PaddedShard(source, local_batch, pi, pc)).seed(seed)
     for op in ops:
       ds = _apply(ds, op)

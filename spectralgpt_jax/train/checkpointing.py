@@ -56,15 +56,27 @@ class Checkpointer:
       logging.info("checkpoint: saving step %d to %s (async)", step, self.directory)
     return started
 
-  def restore(self, step: int, abstract_state: Any, data_iter: Iterator | None) -> nnx.State:
-    """State (onto the shardings in `abstract_state`) and, in place, the data iterator position."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  def restore(self, step: int, abstract_state: Any, data_iter: Iterator | None) -> tuple[nnx.State, bool]:
+    """State (onto the shardings in `abstract_state`) and, in place, the data iterator position.
+
+    Returns `(state, data_restored)`. grain's iterator state is specific to the number of processes and worker
+    processes that wrote it; when it does not fit the current layout (or is missing), only the state is restored
+    and `data_restored` is False: the caller then restarts the data stream at the step's global batch instead.
+    """
     start = time.time()
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    state = state["state"]
+    data_restored = False
+    if data_iter is not None:
+      try:
+        self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iter)))
+        data_restored = True
+      except Exception as e:  # grain raises KeyError/ValueError/FileNotFoundError depending on what changed
+        logging.warning("checkpoint: the data iterator position saved at step %d does not fit this run's process "
+                        "or worker layout (%s: %s); restarting the data stream at global batch %d instead",
+                        step, type(e).__name__, e, step)
     logging.info("checkpoint: restored step %d from %s in %.1fs", step, self.directory, time.time() - start)
-    return restored["state"]
+    return state, data_restored
 
   def wait(self) -> None:
     """Block until pending async saves are durable (call before exiting: architecture.md pitfall 9)."""

@@ -40,11 +40,11 @@ class NonFiniteError(FloatingPointError):
 
 
 def pipeline_iterator(data_cfg, *, global_batch_size: int, sharding: jax.sharding.NamedSharding, seed: int,
-                      train: bool) -> Iterator:
+                      train: bool, start_batch: int = 0) -> Iterator:
   """The data layer's grain iterator (spectralgpt_jax.data.pipeline, docs/contracts.md)."""
   from spectralgpt_jax.data import pipeline   # imported here so that configs can be checked without it
   return pipeline.pretrain_iterator(data_cfg, global_batch_size=global_batch_size, sharding=sharding, seed=seed,
-                                    train=train)
+                                    train=train, start_batch=start_batch)
 
 
 def num_train_examples(data_cfg) -> int:
@@ -147,8 +147,11 @@ def run(config, workdir: str, *, make_iterator: Callable[..., Iterator] | None =
                                     keep=config.keep_checkpoints, async_save=config.async_checkpoints)
   state, start_step = sharded.state, 0
   if (latest := ckpt.latest_step()) is not None:
-    state = ckpt.restore(latest, sharded.abstract(), train_iter)
+    state, data_restored = ckpt.restore(latest, sharded.abstract(), train_iter)
     start_step = latest
+    if not data_restored:   # another process/worker layout: one step = one global batch, so batch `latest` is next
+      _close(train_iter)
+      train_iter = make(global_batch_size=config.batch_size, train=True, start_batch=latest)
     logging.info("resuming from step %d", start_step)
   elif config.init_from:
     state = checkpointing.init_from_pretrained(state, config.init_from, plan.model)

@@ -63,6 +63,22 @@ def test_restore_iterator_state_gives_same_next_batch():
   assert np.array_equal(got["idx"], expected["idx"]) and np.array_equal(got["image"], expected["image"])
 
 
+def test_start_batch_continues_the_stream_for_any_process_count():
+  """What a resume on another host/worker layout relies on: global batch i is the same set of examples (with the
+  same augmentations) whether read from the start, from `start_batch`, or by several processes."""
+  full = take(train_it(0, global_batch_size=6), 5)
+  resumed = take(train_it(0, global_batch_size=6, start_batch=3), 2)
+  for a, b in zip(full[3:], resumed):
+    assert np.array_equal(a["idx"], b["idx"]) and np.array_equal(a["image"], b["image"])
+  by_two = [take(train_it(0, global_batch_size=6, process_index=p, process_count=2, start_batch=3), 1)[0] for p in (0, 1)]
+  rows = {int(i): im for b in by_two for i, im in zip(b["idx"], b["image"])}
+  assert sorted(rows) == sorted(full[3]["idx"].tolist())
+  for i, im in zip(full[3]["idx"], full[3]["image"]):
+    assert np.array_equal(rows[int(i)], im)
+  with pytest.raises(ValueError, match="training iterators only"):
+    pipeline.build_iterator(toy_source(), EVAL_OPS, train=False, global_batch_size=4, start_batch=1)
+
+
 def test_processes_cover_each_example_exactly_once():
   n_proc = 3
   seen = []

@@ -45,7 +45,9 @@ def test_save_on_8x1x1_restore_on_2x2x2_with_data_iterator(tmp_path):
   target = state_lib.create_sharded(model, TX, mesh_b, seed=1)
   it_b = tl.make_iterator(data_cfg, global_batch_size=16, sharding=sharding.batch_sharding(mesh_b), seed=0,
                           train=True)
-  restored = checkpointing.Checkpointer(str(tmp_path / "ckpt"), every=1, keep=2).restore(2, target.abstract(), it_b)
+  restored, data_restored = checkpointing.Checkpointer(str(tmp_path / "ckpt"), every=1, keep=2).restore(
+      2, target.abstract(), it_b)
+  assert data_restored
   for got, want in zip(_leaves(restored), _leaves(state)):
     np.testing.assert_array_equal(got, want)
   for leaf, want_sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(target.shardings)):

@@ -1,6 +1,8 @@
 """End-to-end runs of loop.run: kill-and-resume, SIGTERM save, two real processes, run artefacts."""
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,3 +139,20 @@ def test_two_processes_with_jax_distributed(reference, tmp_path):
   assert sorted(val) == [3, 6] and all(np.isfinite(v["val_loss"]) for v in val.values())
   assert os.path.exists(tmp_path / "export" / "metadata.json")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
+
+
+def test_resume_with_another_worker_layout_continues_the_data_stream(reference, tmp_path, caplog):
+  """grain's saved iterator position only fits the process/worker layout that wrote it. Resuming with worker
+  processes from an in-process run's checkpoint falls back to restarting the stream at the step's global batch,
+  which sees the same examples: the losses equal the uninterrupted run's."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  shutil.rmtree(workdir / "checkpoints" / "6")                     # as if killed after the step-4 checkpoint
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  (workdir / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= 4))
+  with caplog.at_level(logging.WARNING):
+    summary = loop.run(tl.tiny_config(**RUN, **{"data.workers": 1}), str(workdir), make_iterator=tl.make_iterator)
+  assert summary["start_step"] == 4 and summary["final_step"] == 6
+  assert "restarting the data stream at global batch 4" in caplog.text
+  _assert_same_rows(workdir, reference, steps=(5, 6))
+  _assert_same_rows(workdir, reference, steps=(6,), kind="val")

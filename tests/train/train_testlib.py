@@ -103,7 +103,7 @@ class _AsIfProcesses(grain.transforms.Map):
     return {k: np.asarray(v)[order] for k, v in batch.items()}
 
 
-def make_iterator(data_cfg, *, global_batch_size: int, sharding, seed: int, train: bool):
+def make_iterator(data_cfg, *, global_batch_size: int, sharding, seed: int, train: bool, start_batch: int = 0):
   """Same signature as loop.pipeline_iterator: the data layer's real grain pipeline (per-process slice, batching,
   global arrays, thread prefetch, checkpointable iterator) around a synthetic source."""
   n = data_cfg.num_examples if train else data_cfg.num_eval
@@ -113,4 +113,5 @@ def make_iterator(data_cfg, *, global_batch_size: int, sharding, seed: int, trai
   as_if = data_cfg.get("as_if_processes", 1)
   batch_ops = [_AsIfProcesses(as_if)] if as_if > 1 and jax.process_count() == 1 else []
   return pipeline.build_iterator(source, ops, batch_ops=batch_ops, train=train, global_batch_size=global_batch_size,
-                                 sharding=sharding, seed=seed, workers=0, prefetch=1)
+                                 sharding=sharding, seed=seed, workers=data_cfg.get("workers", 0), prefetch=1,
+                                 start_batch=start_batch)
