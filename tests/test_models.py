@@ -181,3 +181,15 @@ def test_chunked_attention_equals_plain():
   from spectralgpt_jax.models.layers import attention
   q, k, v = (jax.random.normal(jax.random.key(i), (2, 512, 4, 8)) for i in range(3))
   np.testing.assert_allclose(attention(q, k, v, impl="chunked", chunk=128), attention(q, k, v), atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss():
+  fp32 = models.build("mae_vit_tiny", seed=4)
+  bf16 = models.build("mae_vit_tiny", seed=4, dtype="bfloat16")
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 12))
+  noise = jax.random.uniform(jax.random.key(1), (2, 16))
+  a, b = fp32(x, mask_ratio=0.75, noise=noise), bf16(x, mask_ratio=0.75, noise=noise)
+  assert b["loss"].dtype == jnp.float32 and b["pred"].dtype == jnp.float32
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+  np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-2)
+  assert not np.array_equal(np.asarray(b["pred"]), np.asarray(a["pred"]))   # the matmuls really ran in bf16

@@ -52,7 +52,7 @@ def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformati
 
 def model_params(state: nnx.State) -> nnx.State:
   """The model's trainable parameters (what `export` writes and stage 2 initialises from)."""
-  return state["model"].filter(nnx.Param)
+  return nnx.filter_state(state["model"], nnx.Param)
 
 
 def param_count(state: nnx.State) -> int:
