@@ -98,13 +98,6 @@ def infer_arch(sd: dict, target_kind: str | None, args: dict) -> str:
   return candidates[0]
 
 
-def _resized(key: str, value: np.ndarray, target_shape: tuple) -> np.ndarray:
-  """Bicubic resize of a spatial (or joint, per spectral group) position embedding to `target_shape`."""
-  if key.endswith("spatial"):
-    return resize_spatial_pos_embed(value, int(round(target_shape[1] ** 0.5)))
-  raise CheckpointError(f"{key}: only spatial position embeddings can be interpolated")
-
-
 def load_reference_checkpoint(path: str | Path, arch: str | None = None, *, strict: bool = True, seed: int = 0,
                               **overrides):
   """Build the model `arch` (inferred when omitted) and fill it from an official `.pth` file.
@@ -158,7 +151,7 @@ def load_reference_checkpoint(path: str | Path, arch: str | None = None, *, stri
     if tuple(value.shape) != expected:
       if "pos_embed" in key and key.endswith("spatial") and value.shape[2:] == expected[2:]:
         if cfg.pos_embed_resize == "interpolate":
-          value = _resized(key, value, expected)
+          value = resize_spatial_pos_embed(value, int(round(expected[1] ** 0.5)))
           report.interpolated.append(f"{key}: {tuple(sd[key].shape)} -> {expected}")
         else:
           report.initialised.append(f"{key}: {tuple(sd[key].shape)} != {expected}, re-initialised as the reference")
