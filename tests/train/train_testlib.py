@@ -2,6 +2,8 @@
 arrays, built the way the data layer builds its pipeline (per-process slice -> batch -> global arrays)."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 
 import grain
@@ -14,37 +16,27 @@ from spectralgpt_jax.data import pipeline
 TINY_MODEL = "mae_vit_tiny"     # 16 px, 12 bands, embed 32, depth 2, decoder 16 x 1
 
 
+def _pretrain_config_module():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "pretrain.py")
+  spec = importlib.util.spec_from_file_location("configs_pretrain", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """A complete pretraining config for the tiny model on synthetic data (same keys as configs/pretrain.py)."""
-  c = ml_collections.ConfigDict()
-  c.task = "pretrain"
-  c.seed = 0
-  c.batch_size = 16
-  c.eval_batch_size = 16
-  c.total_steps = 6
-  c.total_epochs = 0.0
-  c.warmup_steps = 2
-  c.warmup_epochs = 0.0
-  c.num_train_examples = 0
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.keep_checkpoints = 2
-  c.async_checkpoints = True
-  c.eval_every = 0
-  c.image_every = 0
-  c.num_preview = 2
-  c.compute_dtype = "float32"
-  c.skip_nonfinite = False
-  c.init_from = ""
-  c.export = True
-  c.progress_bar = False
-  c.tensorboard = True
+  """configs/pretrain.py:demo (so tests see exactly the real key set) shrunk to the tiny model on synthetic data."""
+  c = _pretrain_config_module().get_config("demo")
+  c.update(dict(batch_size=16, eval_batch_size=16, total_steps=6, total_epochs=0.0, warmup_steps=2,
+                warmup_epochs=0.0, num_train_examples=0, log_every=1, checkpoint_every=2, keep_checkpoints=2,
+                async_checkpoints=True, eval_every=0, image_every=0, num_preview=2, compute_dtype="float32",
+                skip_nonfinite=False, init_from="", export=True, progress_bar=False, tensorboard=True))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))
   c.model = ml_collections.ConfigDict(dict(name=TINY_MODEL, mask_ratio=0.75))
   c.data = ml_collections.ConfigDict(dict(name="synthetic", image_size=16, num_examples=64, num_eval=16,
                                           seconds_per_example=0.0, as_if_processes=1))
-  c.optimizer = ml_collections.ConfigDict(dict(blr=1.5e-2, lr=0.0, min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8,
-                                               weight_decay=0.05, clip_grad_norm=0.0, accum_steps=1))
+  c.optimizer.update(dict(blr=1.5e-2, lr=0.0, min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
+                          clip_grad_norm=0.0, accum_steps=1))
   for key, value in overrides.items():
     target = c
     *parents, leaf = key.split(".")
