@@ -1,12 +1,14 @@
-r"""SpectralGPT pretraining entry point.
+r"""SpectralGPT entry point: pretraining, fine-tuning and evaluation, one loop for every task.
 
   python main.py --config=configs/pretrain.py:demo --workdir=runs/demo
   python main.py --config=configs/pretrain.py:fmow,B --workdir=gs://bucket/stage1 --config.mesh.fsdp=-1
   python main.py --config=configs/pretrain.py:bigearthnet,B --workdir=runs/stage2 \
       --config.init_from=gs://bucket/stage1/export
+  python main.py --config=configs/finetune_eurosat.py:demo --workdir=runs/eurosat_demo
+  python main.py --config=configs/finetune_oscd.py --config.mode=eval --config.init_from=CKPT --workdir=W
 
 Any config key can be overridden with --config.key=value (type-checked). Re-running the same command resumes from
-the newest checkpoint in --workdir. See docs/training.md.
+the newest checkpoint in --workdir. See docs/training.md and docs/tasks.md.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def main(argv):
   from spectralgpt_jax import distributed
   distributed.maybe_initialize()
 
+  from spectralgpt_jax.data.readers.common import DataError
+  from spectralgpt_jax.interop import CheckpointError
   from spectralgpt_jax.train import config_checks, loop
   if not _LIBRARY_LOGS.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -57,6 +61,14 @@ def main(argv):
     loop.run(_CONFIG.value, _WORKDIR.value)
   except config_checks.ConfigError as e:
     sys.exit(f"Config error: {e}")
+  except CheckpointError as e:        # a checkpoint that does not fit (strict loading), unsafe or unreadable
+    sys.exit(f"Checkpoint error: {_one_line(e)}")
+  except (DataError, FileNotFoundError) as e:
+    sys.exit(f"Data error: {_one_line(e)}")
+
+
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

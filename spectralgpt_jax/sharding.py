@@ -31,7 +31,13 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "patch": None,        # patch-vector length t*p*p: small, replicated
     "classes": None,
     "vocab_pos": None,    # token positions of the position embeddings
-    "norm": None,         # LayerNorm scales and biases: tiny vectors, replicated
+    "norm": None,         # LayerNorm / GroupNorm scales and biases: tiny vectors, replicated
+    # seg / cd head (models/neck.py): conv kernels are [channels_in, channels], sharded like the transformer's
+    # [embed, mlp] matrices (FSDP over the reduced dimension, tensor parallel over the outputs); the 1x1 convs that
+    # read the encoder's map use "embed" for their input dimension.
+    "channels": "model",
+    "channels_in": "fsdp",
+    "spectral": None,     # the T' spectral groups of the 4 -> 1 merge: 4 weights, replicated
 }
 
 

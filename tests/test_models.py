@@ -14,6 +14,7 @@ REFERENCE_COUNTS = {
     "mae_vit_base_patch8_2tensor_128": 98_560_896, "mae_vit_large_patch8_96": 315_970_752,
     "mae_vit_large_patch8_128": 316_142_784, "mae_vit_huge_patch8_96": 643_558_336,
     "mae_vit_huge_patch8_128": 643_759_040,
+    "seg_vit_base_patch8_128": 109_244_946, "cd_vit_base_patch8_128": 109_219_591,   # spec §7.2
 }
 ENCODER_COUNTS = {"mae_vit_base_patch8_128": 85_403_904, "mae_vit_large_patch8_128": 302_775_296,
                   "mae_vit_huge_patch8_128": 630_260_480, "mae_vit_base_patch8_96": 85_317_888}
@@ -45,7 +46,7 @@ def test_every_variant_output_shapes_and_param_counts(name):
     model = nnx.merge(graphdef, state)
     if cfg.kind == "mae":
       return model(x, mask_ratio=0.9, noise=jnp.zeros((x.shape[0], cfg.num_tokens)))
-    return model(x)
+    return model(x, x) if cfg.kind == "cd" else model(x)
 
   out = jax.eval_shape(forward, state, x)
   if cfg.kind == "mae":
@@ -54,6 +55,8 @@ def test_every_variant_output_shapes_and_param_counts(name):
     assert out["latent"].shape == (2, keep, cfg.embed_dim)
     assert out["mask"].shape == out["ids_restore"].shape == (2, cfg.num_tokens)
     assert out["loss"].shape == () and out["loss"].dtype == jnp.float32
+  elif cfg.kind in ("seg", "cd"):
+    assert out.shape == (2, cfg.img_size, cfg.img_size, cfg.num_classes) and out.dtype == jnp.float32
   else:
     assert out.shape == (2, cfg.num_classes)
 

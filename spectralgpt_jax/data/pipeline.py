@@ -4,7 +4,9 @@ Public API (see docs/contracts.md):
   default_data_config(name, task="pretrain")                      -> ml_collections.ConfigDict
   pretrain_iterator(data_cfg, *, global_batch_size, sharding, seed=0, train=True, ...)
   finetune_iterator(data_cfg, *, global_batch_size, sharding, seed=0, train=True, ...)
-  make_source(data_cfg, split) -> (random-access source, band names)
+  make_source(data_cfg, split, train=True) -> (random-access source, band names)   (demo stand-ins when demo
+                                                 and no data_dir; dense datasets as SceneWindows of image_size)
+  class_names(data_cfg) -> tuple[str, ...];  label_key(data_cfg) -> "label" | "labels" | "mask" | "change"
   build_iterator(source, ops, *, train, global_batch_size, sharding, seed, workers, prefetch, ...)
 
 Train: source -> seed -> global shuffle (reshuffled each epoch) -> repeat forever -> per-element transforms (keyed
@@ -28,10 +30,19 @@ import numpy as np
 from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.data import sources
 from spectralgpt_jax.data import transforms as T
+from spectralgpt_jax.data.readers import segmunich
 
 PRETRAIN_DATASETS = ("demo", "fmow_sentinel", "bigearthnet")
 FINETUNE_DATASETS = ("eurosat", "bigearthnet", "segmunich", "oscd")
-NUM_CLASSES = {"eurosat": 10, "bigearthnet": 19, "segmunich": 13, "oscd": 2, "fmow_sentinel": 62}
+# Keys of a fine-tuning batch per dataset: model inputs, then the label.
+FINETUNE_KEYS = {
+    "eurosat": ("image", "label"),
+    "bigearthnet": ("image", "labels"),
+    "segmunich": ("image", "mask"),
+    "oscd": ("image1", "image2", "change"),
+}
+DENSE_DATASETS = ("segmunich", "oscd")   # served as windows of whole scenes (tiles / cities)
+WINDOW_KEYS = ("scene", "y", "x", "window")
 
 
 def default_data_config(name: str, task: str = "pretrain") -> ml_collections.ConfigDict:
@@ -45,6 +56,7 @@ def default_data_config(name: str, task: str = "pretrain") -> ml_collections.Con
   cfg = ml_collections.ConfigDict()
   cfg.name = name
   cfg.data_dir = sources.default_data_dir()  # tfds data_dir; unused for demo
+  cfg.demo = False  # fine-tuning on the embedded demo stand-ins (demo_tasks.py) when data_dir is also empty
   cfg.image_size = 96 if name == "fmow_sentinel" else 128  # SpectralGPT stage 1 (fMoW) at 96, stage 2 at 128
   cfg.normalization = "minmax_per_image"  # the reference's pretraining normalisation
   cfg.stats = ""  # statistics table (stats/<name>.json) for zscore / satmae_2sigma
@@ -59,12 +71,13 @@ def default_data_config(name: str, task: str = "pretrain") -> ml_collections.Con
   cfg.eval_split = "val" if name != "segmunich" and name != "oscd" else "test"
   cfg.missing_bands = "band_mean"  # SegMunich: reference rule (see bands.fill_missing)
   cfg.append_missing_bands = False  # True = reference layout (fillers after the 10 bands)
-  cfg.window_overlap = 0.5  # OSCD sliding windows
+  cfg.window_overlap = 0.5  # dense tasks: overlap of the training windows cut from the scenes
+  cfg.eval_window_overlap = 0.5  # dense tasks: overlap of the evaluation windows (blended into whole scenes)
+  cfg.reference_windows = False  # dense tasks: the reference OSCD's stride-63 windows instead (both splits)
   cfg.mixup = 0.0
   cfg.cutmix = 0.0
   cfg.label_smoothing = 0.0
   if task == "finetune":
-    cfg.num_classes = NUM_CLASSES[name]
     if name == "eurosat":  # reference: Normalize(SSL4EO L2A stats) + RRC/flip; mixup 0.8 / cutmix 1.0
       cfg.normalization, cfg.stats = "zscore", "ssl4eo_s12_l2a"
       cfg.mixup, cfg.cutmix, cfg.label_smoothing = 0.8, 1.0, 0.1
@@ -78,16 +91,57 @@ def default_data_config(name: str, task: str = "pretrain") -> ml_collections.Con
   return cfg
 
 
-def make_source(cfg, split: str):
-  """(random-access source, band names of its images) for a dataset config and split."""
+def uses_demo_data(cfg) -> bool:
+  """A fine-tuning config reads the embedded demo stand-ins when `demo` is set and no `data_dir` is given, so
+  `--config.data.data_dir=DIR` switches a demo config onto the real prepared dataset."""
+  return bool(cfg.get("demo", False)) and not cfg.get("data_dir")
+
+
+def label_key(cfg) -> str:
+  """The label entry of the configured dataset's batches."""
+  if cfg["name"] not in FINETUNE_KEYS:
+    raise ValueError(f"dataset {cfg['name']!r} has no fine-tuning labels; choose from {FINETUNE_DATASETS}")
+  return FINETUNE_KEYS[cfg["name"]][-1]
+
+
+def make_source(cfg, split: str, train: bool = True):
+  """(random-access source, band names of its images) for a dataset config and split. Dense datasets come as
+  `SceneWindows` of side `image_size` (overlap `window_overlap` for training, `eval_window_overlap` otherwise)."""
   if cfg["name"] == "demo":
     from spectralgpt_jax.data import demo
 
     return demo.DemoPatches(split, cfg["image_size"]), bandlib.CANONICAL
-  source, bands = sources.tfds_source(cfg["name"], split, cfg.get("data_dir"))
-  if cfg["name"] == "oscd":
-    source = sources.SceneWindows(source, cfg["image_size"], cfg.get("window_overlap", 0.5))
+  if uses_demo_data(cfg):
+    from spectralgpt_jax.data import demo_tasks
+
+    source = demo_tasks.demo_source(cfg["name"], split)
+    bands = source.bands
+  else:
+    source, bands = sources.tfds_source(cfg["name"], split, cfg.get("data_dir"))
+  if cfg["name"] in DENSE_DATASETS:
+    overlap = cfg.get("window_overlap", 0.5) if train else cfg.get("eval_window_overlap", 0.5)
+    tile = (segmunich.SIZE, segmunich.SIZE) if cfg["name"] == "segmunich" else None   # every tile: no read needed
+    source = sources.SceneWindows(source, cfg["image_size"], overlap, scene_shape=tile,
+                                  reference=cfg.get("reference_windows", False))
   return source, bands
+
+
+def class_names(cfg) -> tuple[str, ...]:
+  """Class names of the configured dataset (demo stand-in or prepared dataset; no data is read)."""
+  name = cfg["name"]
+  if uses_demo_data(cfg):
+    from spectralgpt_jax.data import demo_tasks
+
+    return demo_tasks.class_names(name)
+  if name == "oscd":
+    return ("no change", "change")
+  from spectralgpt_jax.data.readers import bigearthnet, eurosat, fmow, segmunich
+
+  table = {"eurosat": eurosat.CLASSES, "bigearthnet": bigearthnet.LABELS_19, "segmunich": segmunich.CLASSES,
+           "fmow_sentinel": fmow.CATEGORIES}
+  if name not in table:
+    raise ValueError(f"dataset {name!r} has no class names; known: {sorted(table) + ['oscd']}")
+  return tuple(table[name])
 
 
 def _geometry(cfg, train: bool, fixed_size: bool) -> list:
@@ -160,28 +214,29 @@ def finetune_iterator(
     process_count: int | None = None,
     start_batch: int = 0,
 ):
-  """Fine-tuning batches. Keys: eurosat {"image", "label"} (or "targets" [B, C] float when mixup/cutmix/label
-  smoothing is on); bigearthnet {"image", "labels" uint8 [B, 19]} (or "targets"); segmunich {"image", "mask"};
-  oscd {"image1", "image2", "change"}; plus "valid" in eval."""
+  """Fine-tuning batches (FINETUNE_KEYS): eurosat {"image", "label"} (or "targets" [B, C] float when mixup /
+  cutmix / label smoothing is on); bigearthnet {"image", "labels" uint8 [B, 19]}; segmunich {"image", "mask"};
+  oscd {"image1", "image2", "change"}; dense datasets are windows of `image_size` cut from whole scenes.
+  Evaluation batches add "valid", the example ids "id" (strings, kept on the host) and, for dense datasets, the
+  window position (WINDOW_KEYS)."""
   cfg = data_cfg
   name = cfg["name"]
   split = cfg["train_split"] if train else cfg["eval_split"]
-  source, bands = make_source(cfg, split)
-  keys = {
-      "eurosat": ("image", "label"),
-      "bigearthnet": ("image", "labels"),
-      "segmunich": ("image", "mask"),
-      "oscd": ("image1", "image2", "change"),
-  }[name]
-  keys = keys if train else keys + ("valid",)
-  fixed = name in ("segmunich", "oscd")  # dense tasks keep the tile geometry (reference: flips/rot90 only)
+  source, bands = make_source(cfg, split, train=train)
+  keys = FINETUNE_KEYS[name]
+  if not train:
+    keys = keys + ("valid", "id") + (WINDOW_KEYS if name in DENSE_DATASETS else ())
+  fixed = name in DENSE_DATASETS  # windows of the model's size: flips / rot90 only (the reference)
   ops = element_ops(cfg, train, bands, keys, fixed_size=fixed)
   batch_ops = []
   mixing = cfg.get("mixup", 0) > 0 or cfg.get("cutmix", 0) > 0 or cfg.get("label_smoothing", 0) > 0
   if train and name in ("eurosat", "bigearthnet") and mixing:
     batch_ops.append(
         T.MixupCutmix(
-            cfg["num_classes"], cfg.get("mixup", 0), cfg.get("cutmix", 0), label_smoothing=cfg.get("label_smoothing", 0)
+            len(class_names(cfg)),
+            cfg.get("mixup", 0),
+            cfg.get("cutmix", 0),
+            label_smoothing=cfg.get("label_smoothing", 0),
         )
     )
   return build_iterator(
@@ -211,7 +266,9 @@ class ToGlobalArrays(grain.transforms.Map):
     batch = {k: np.asarray(v) for k, v in batch.items()}  # SharedMemoryArray from workers -> plain numpy
     if self.sharding is None:
       return batch
-    return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
+    # Strings (example ids) cannot be device arrays: they stay this process's numpy rows.
+    return {k: v if v.dtype.kind in "USO" else jax.make_array_from_process_local_data(self.sharding, v)
+            for k, v in batch.items()}
 
 
 def _apply(ds, op, seed: int | None = None):

@@ -47,18 +47,36 @@ def tfds_source(name: str, split: str, data_dir: str | None):
   return builder.as_data_source(split), tuple(builder.info.metadata["bands"])
 
 
+def reference_window_starts(length: int, window: int) -> list[int]:
+  """The reference OSCD windows: stride int(S/2) - 1 (63 for 128 px), n = ceil((L - S + 1) / stride), so the
+  last pixels of a side may be left out."""
+  if length < window:
+    raise ValueError(f"image side {length} is smaller than the window {window}")
+  stride = window // 2 - 1
+  return [i * stride for i in range(math.ceil((length - window + 1) / stride))]
+
+
 class SceneWindows:
   """Every window of side `window` (with fractional `overlap`, covering the borders) of every scene of a
-  source whose elements hold whole scenes (OSCD). Crops all image and label-map keys alike."""
+  source whose elements hold whole scenes (OSCD cities, SegMunich tiles). Crops all image and label-map keys
+  alike and adds the window's position as integers (`scene`, `y`, `x`, `window` = its index here), which whole-scene
+  evaluation uses to blend overlapping windows. `scene_shape` (all scenes of one known size) avoids reading every
+  scene to find its size; `reference=True` uses the reference's stride-63 windows instead."""
 
-  def __init__(self, scenes, window: int = 128, overlap: float = 0.5):
+  def __init__(self, scenes, window: int = 128, overlap: float = 0.5, *, scene_shape=None, reference: bool = False):
     self.scenes, self.window = scenes, window
-    self.index = []
-    for i in range(len(scenes)):
-      key = next(k for k in transforms.IMAGE_KEYS if k in scenes[i])
-      h, w = scenes[i][key].shape[:2]
-      self.index += [(i, y, x) for y, x in transforms.sliding_windows(h, w, window, overlap)]
+    self.shapes = [tuple(scene_shape) if scene_shape else self._shape(i) for i in range(len(scenes))]
+    if reference:
+      starts = lambda h, w: [(y, x) for y in reference_window_starts(h, window)
+                             for x in reference_window_starts(w, window)]
+    else:
+      starts = lambda h, w: transforms.sliding_windows(h, w, window, overlap)
+    self.index = [(i, y, x) for i, (h, w) in enumerate(self.shapes) for y, x in starts(h, w)]
     self._cached = (None, None)  # consecutive windows come from the same scene: keep the last one decoded
+
+  def _shape(self, i: int) -> tuple[int, int]:
+    scene = self.scenes[i]
+    return tuple(scene[next(k for k in transforms.IMAGE_KEYS if k in scene)].shape[:2])
 
   def __getstate__(self):
     return {**self.__dict__, "_cached": (None, None)}
@@ -66,14 +84,24 @@ class SceneWindows:
   def __len__(self):
     return len(self.index)
 
+  def iter_scenes(self):
+    """The whole scenes (e.g. for class weights over the full training maps)."""
+    for i in range(len(self.scenes)):
+      yield self.scenes[i]
+
   def __getitem__(self, k):
     i, y, x = self.index[k]
     if self._cached[0] != i:
       self._cached = (i, self.scenes[i])
     scene, s = self._cached[1], self.window
+    if tuple(scene[next(k for k in transforms.IMAGE_KEYS if k in scene)].shape[:2]) != self.shapes[i]:
+      raise ValueError(f"scene {scene.get('id', i)}: size differs from the declared {self.shapes[i]}")
     keys = [k for k in transforms.IMAGE_KEYS + transforms.MAP_KEYS if k in scene]
     out = {k: np.ascontiguousarray(scene[k][y : y + s, x : x + s]) for k in keys}
-    out["id"] = f"{scene.get('id', i)}@{y},{x}"
+    name = scene.get("id", i)
+    name = name.decode("utf-8") if isinstance(name, bytes) else name
+    out.update(id=f"{name}@{y},{x}", scene=np.int32(i), y=np.int32(y), x=np.int32(x),
+               window=np.int32(k))
     return out
 
 

@@ -344,8 +344,8 @@ class MixupCutmix(grain.transforms.RandomMap):
 
 
 class SelectKeys(grain.transforms.Map):
-  """Keep only the numeric keys a batch needs (ids are strings and cannot become device arrays); labels become
-  int32, maps uint8."""
+  """Keep only the keys a batch needs; labels become int32. An `id` (tfds gives bytes) becomes a str, which the
+  pipeline keeps on the host (strings cannot become device arrays)."""
 
   def __init__(self, keys):
     self.keys = tuple(keys)
@@ -357,4 +357,6 @@ class SelectKeys(grain.transforms.Map):
     out = {k: ex[k] for k in self.keys}
     if "label" in out:
       out["label"] = np.int32(out["label"])
+    if "id" in out:
+      out["id"] = out["id"].decode("utf-8") if isinstance(out["id"], bytes) else str(out["id"])
     return out

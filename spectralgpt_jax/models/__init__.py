@@ -5,17 +5,22 @@ import jax
 from flax import nnx
 
 from spectralgpt_jax.models.config import VARIANTS, ModelConfig, get_config, names
+from spectralgpt_jax.models.dense import ChangeDetectionViT, SegmentationViT
 from spectralgpt_jax.models.mae import MaskedAutoencoder
 from spectralgpt_jax.models.patch_embed import patchify, unpatchify
 from spectralgpt_jax.models.vit import SpectralViT
 
-__all__ = ["VARIANTS", "ModelConfig", "MaskedAutoencoder", "SpectralViT", "build", "build_from_config",
+__all__ = ["VARIANTS", "ChangeDetectionViT", "ModelConfig", "MaskedAutoencoder", "SegmentationViT", "SpectralViT",
+           "build", "build_from_config",
            "count_params", "get_config", "names", "patchify", "unpatchify"]
+
+
+_CLASSES = {"mae": MaskedAutoencoder, "vit": SpectralViT, "seg": SegmentationViT, "cd": ChangeDetectionViT}
 
 
 def build_from_config(cfg: ModelConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0):
   rngs = rngs if rngs is not None else nnx.Rngs(params=seed)
-  return MaskedAutoencoder(cfg, rngs=rngs) if cfg.kind == "mae" else SpectralViT(cfg, rngs=rngs)
+  return _CLASSES[cfg.kind](cfg, rngs=rngs)
 
 
 def build(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None, **overrides):

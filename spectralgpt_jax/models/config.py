@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-KINDS = ("mae", "vit")
+KINDS = ("mae", "vit", "seg", "cd")
+DENSE_KINDS = ("seg", "cd")             # per-pixel models: encoder + spectral merge + neck + FPN head
 ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
 POS_EMBED_RESIZE = ("reinit", "interpolate")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  kind: str = "mae"                      # "mae" (masked autoencoder) or "vit" (classifier)
+  kind: str = "mae"                      # "mae" (masked autoencoder), "vit" (classifier), "seg" (segmentation),
+                                         # "cd" (siamese change detection)
   img_size: int = 128
   patch_size: int = 8
   num_frames: int = 12                   # number of input bands (the depth axis of the 3D patch embedding)
@@ -28,7 +30,7 @@ class ModelConfig:
   decoder_embed_dim: int = 512
   decoder_depth: int = 4
   decoder_num_heads: int = 16
-  num_classes: int = 0                   # classifier only
+  num_classes: int = 0                   # classifier / seg / cd (the seg and cd variants set 13 and 2)
   drop_path_rate: float = 0.0            # linspace(0, rate, depth) over encoder blocks
   dropout: float = 0.0                   # classifier: dropout before the head
   norm_pix_loss: bool = False            # per-patch normalised target for the masked term only (as the reference)
@@ -37,6 +39,13 @@ class ModelConfig:
   reference_pooling: bool = False        # classifier: pool tokens[:, 1:] as the reference (bug §10.7)
   reference_pos_embed: bool = False      # classifier: joint zero-init `pos_embed` as the reference (bug §10.8)
   pos_embed_resize: str = "reinit"       # loading at another image size: re-init spatial pos-embeds, or interpolate
+  # seg / cd head (spec §7.2). neck_channels: widths of the four 1x1 branch convs (+ GroupNorm(32)) on the merged
+  # [N, h, w, D] map; the branches then upsample by 8, 4, 2, 1 to the FPN inputs of widths C/8, C/4, C/2, C with
+  # C = neck_channels[3] (the reference's FPNHEAD(channels=2048) derives its input widths the same way).
+  neck_channels: tuple[int, ...] = (512, 512, 1024, 2048)
+  fpn_channels: int = 256                # FPN width (GroupNorm(16) on it)
+  neck_dropout: float = 0.5              # SegMunich-only dropouts: after each branch and after the PPM (cd: 0)
+  fuse_dropout: float = 0.5              # dropout of the FPN fuse layers (Conv_fuse*, fuse_all), in both tasks
   dtype: str = "float32"                 # compute dtype of matmuls (params stay float32)
   attention_impl: str = "xla"            # see layers.attention
   attention_chunk: int = 256             # query chunk for attention_impl="chunked"
@@ -44,6 +53,8 @@ class ModelConfig:
   def __post_init__(self):
     def fail(key, why):
       raise ValueError(f"model.{key}={getattr(self, key)!r}: {why}")
+    # JSON (export metadata.json) turns tuples into lists; keep the config hashable and equal to the original.
+    object.__setattr__(self, "neck_channels", tuple(self.neck_channels))
     if self.kind not in KINDS:
       fail("kind", f"must be one of {KINDS}")
     if self.img_size % self.patch_size:
@@ -64,12 +75,40 @@ class ModelConfig:
       fail("dtype", "must be float32, bfloat16 or float16")
     if not 0.0 <= self.drop_path_rate < 1.0:
       fail("drop_path_rate", "must be in [0, 1)")
+    if self.kind in DENSE_KINDS:
+      self._check_dense(fail)
+
+  def _check_dense(self, fail):
+    if self.num_classes <= 0:
+      fail("num_classes", f"a {self.kind} model needs num_classes > 0 (SegMunich 13, OSCD 2)")
+    if self.reference_pos_embed:
+      fail("reference_pos_embed", "only the reference classifier has a joint pos_embed; seg/cd use separable ones")
+    if self.patch_size != 8:
+      fail("patch_size", "the seg/cd neck upsamples the patch grid by 8, so the logits match the input only for "
+           "patch_size=8")
+    channels = self.neck_channels
+    if len(channels) != 4 or any(not isinstance(c, int) or c <= 0 or c % min(c, 32) for c in channels):
+      fail("neck_channels", "needs four positive widths, multiples of 32 from 32 up (each branch has "
+           "GroupNorm(32); narrower test widths use one group per channel)")
+    if channels[3] % 8:
+      fail("neck_channels", "the last width C must be divisible by 8 (the branch outputs are C/8, C/4, C/2, C)")
+    if self.fpn_channels <= 0 or self.fpn_channels % min(self.fpn_channels, 16):
+      fail("fpn_channels", "must be positive and a multiple of 16 from 16 up (the FPN layers have GroupNorm(16))")
+    for key in ("neck_dropout", "fuse_dropout"):
+      if not 0.0 <= getattr(self, key) < 1.0:
+        fail(key, "must be in [0, 1)")
 
   @property
   def grid(self) -> tuple[int, int, int]:
     """Token grid (spectral groups T', patch rows, patch columns)."""
     side = self.img_size // self.patch_size
     return (self.num_frames // self.t_patch_size, side, side)
+
+  @property
+  def pyramid_channels(self) -> tuple[int, int, int, int]:
+    """Widths of the seg/cd neck outputs m0..m3 (at 8x, 4x, 2x, 1x the patch grid) that feed the FPN."""
+    c = self.neck_channels[3]
+    return (c // 8, c // 4, c // 2, c)
 
   @property
   def num_tokens(self) -> int:
@@ -94,9 +133,15 @@ _SIZES = {  # (embed_dim, depth, num_heads)
     "large": (1024, 24, 16),
     "huge": (1280, 32, 16),
 }
-# Tiny test variants match the parity fixtures (../shared/fixtures/reference/README.md).
+# Tiny test variants match the parity fixtures (tests/data/reference/README.md).
 _TINY_MAE = dict(img_size=16, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 _TINY_VIT = dict(img_size=16, num_classes=10)
+# Tiny seg/cd: the downstream head fixture's widths (its token dim is 48; the tiny encoder keeps 32). 32 px gives a
+# 4x4 grid, so the PPM's 3- and 6-bin pools have overlapping bins as at full size.
+_TINY_DENSE = dict(img_size=32, neck_channels=(32, 32, 64, 128), fpn_channels=16)
+# Reference seg/cd (SegMunich / OSCD copies of models_vit_tensor_CD): drop path 0.5, 13 or 2 classes; OSCD has no
+# branch / PPM dropouts.
+_DENSE_TASKS = {"seg": dict(num_classes=13, neck_dropout=0.5), "cd": dict(num_classes=2, neck_dropout=0.0)}
 
 
 def _variants() -> dict[str, dict[str, Any]]:
@@ -121,6 +166,15 @@ def _variants() -> dict[str, dict[str, Any]]:
   v["vit_base_patch8_2tensor_128"] = dict(v["vit_base_patch8_128"], t_patch_size=2)
   d, depth, heads = _SIZES["tiny"]
   v["vit_tiny"] = dict(kind="vit", embed_dim=d, depth=depth, num_heads=heads, **_TINY_VIT)
+
+  for kind, task in _DENSE_TASKS.items():
+    for size in ("base", "large"):
+      d, depth, heads = _SIZES[size]
+      v[f"{kind}_vit_{size}_patch8_128"] = dict(kind=kind, img_size=128, embed_dim=d, depth=depth, num_heads=heads,
+                                                drop_path_rate=0.5, **task)
+    d, depth, heads = _SIZES["tiny"]
+    v[f"{kind}_vit_tiny"] = dict(kind=kind, embed_dim=d, depth=depth, num_heads=heads, drop_path_rate=0.5,
+                                 **task, **_TINY_DENSE)
   return v
 
 

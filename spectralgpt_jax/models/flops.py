@@ -1,12 +1,14 @@
-"""Analytic FLOP counts of the SpectralGPT models (matmuls and attention only; 1 multiply-add = 2 FLOPs).
+"""Analytic FLOP counts of the SpectralGPT models (matmuls, convolutions and attention; 1 multiply-add = 2 FLOPs).
 
-Used for benchmarks and MFU. Elementwise ops, LayerNorm and softmax are ignored (<2 % for ViT-B/8 at 1024 tokens).
+Used for benchmarks and MFU. Elementwise ops, LayerNorm/GroupNorm, softmax, pooling and bilinear resizes are
+ignored (<2 % for ViT-B/8 at 1024 tokens).
 A training step is counted as 3x the forward pass (backward = 2x forward), the usual convention.
 """
 from __future__ import annotations
 
-from spectralgpt_jax.models.config import ModelConfig
+from spectralgpt_jax.models.config import DENSE_KINDS, ModelConfig
 from spectralgpt_jax.models.mae import num_kept
+from spectralgpt_jax.models.neck import NECK_SCALES, PPM_BINS
 
 
 def block_flops(tokens: int, dim: int, mlp_ratio: float) -> int:
@@ -29,11 +31,47 @@ def mae_forward_flops(cfg: ModelConfig, mask_ratio: float) -> int:
 
 
 def vit_forward_flops(cfg: ModelConfig) -> int:
+  return encoder_flops(cfg) + 2 * cfg.embed_dim * cfg.num_classes
+
+
+def encoder_flops(cfg: ModelConfig) -> int:
+  """Patch embedding and every block on all tokens, for one image."""
   length = cfg.num_tokens
-  return (2 * length * cfg.patch_dim * cfg.embed_dim + cfg.depth * block_flops(length, cfg.embed_dim, cfg.mlp_ratio)
-          + 2 * cfg.embed_dim * cfg.num_classes)
+  return 2 * length * cfg.patch_dim * cfg.embed_dim + cfg.depth * block_flops(length, cfg.embed_dim, cfg.mlp_ratio)
+
+
+def dense_head_flops(cfg: ModelConfig) -> int:
+  """Spectral merge, neck, PPM, FPN and 3x3 classifier of the seg/cd head, for one feature map."""
+  t, h, w = cfg.grid
+  pixels, dim, f = h * w, cfg.embed_dim, cfg.fpn_channels
+  flops = 2 * pixels * dim * t                                             # merge T' -> 1
+  for width, out, scale in zip(cfg.neck_channels, cfg.pyramid_channels, NECK_SCALES):
+    flops += 2 * pixels * dim * width                                      # 1x1 conv D -> C_i
+    if scale > 1:
+      flops += 2 * pixels * scale * scale * width * out                    # transposed conv k = s
+  c3 = cfg.pyramid_channels[3]
+  flops += sum(2 * bins * bins * c3 * f for bins in PPM_BINS)             # PPM 1x1 convs on the pooled maps
+  flops += 2 * pixels * (len(PPM_BINS) * f + c3) * f                       # PPM output conv
+  flops += 2 * (4 * pixels) * f * f                                        # conv_x1 at 2x
+  for level, width in enumerate(cfg.pyramid_channels[2::-1]):              # lateral + smooth at 2x, 4x, 8x
+    flops += 2 * pixels * 4 ** (level + 1) * (width * f + f * f)
+  full = pixels * 64
+  flops += 2 * full * 4 * f * f                                            # fuse_all
+  return flops + 2 * full * 9 * f * cfg.num_classes                        # classifier
+
+
+def dense_forward_flops(cfg: ModelConfig) -> int:
+  """Forward FLOPs for one sample: seg = one image; cd = two dates through the encoder and merge, one head."""
+  images = 2 if cfg.kind == "cd" else 1
+  t, h, w = cfg.grid
+  return images * encoder_flops(cfg) + (images - 1) * 2 * h * w * cfg.embed_dim * t + dense_head_flops(cfg)
 
 
 def train_step_flops(cfg: ModelConfig, mask_ratio: float = 0.9) -> int:
-  forward = mae_forward_flops(cfg, mask_ratio) if cfg.kind == "mae" else vit_forward_flops(cfg)
+  if cfg.kind == "mae":
+    forward = mae_forward_flops(cfg, mask_ratio)
+  elif cfg.kind in DENSE_KINDS:
+    forward = dense_forward_flops(cfg)
+  else:
+    forward = vit_forward_flops(cfg)
   return 3 * forward

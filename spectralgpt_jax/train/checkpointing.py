@@ -8,7 +8,8 @@ when complete), the `LatestN` preservation policy keeps the last `keep` steps. R
 the *current* mesh, so a checkpoint written on one mesh loads onto any other (architecture.md pitfall 11).
 
 Exports (DIR/export/, written with `spectralgpt_jax.export`, the format the `.pth` converter also writes) hold the
-model params only plus metadata.json; `load_model_params` reads them, or a training checkpoint, for stage 2.
+model params only plus metadata.json. `init_from` fills a new run's model from an export, a run directory or an
+official `.pth` file through the one rule table of `interop.transfer` (stage 2, fine-tuning, evaluation).
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from spectralgpt_jax import models
-from spectralgpt_jax.models.patch_embed import resize_spatial_pos_embed
 from spectralgpt_jax.train import state as state_lib
 
 class Checkpointer:
@@ -126,44 +126,54 @@ def load_model_params(path: str) -> tuple[dict[str, np.ndarray], dict]:
   if step is None:
     raise FileNotFoundError(f"init_from={path!r}: neither an export (metadata.json) nor a checkpoint directory")
   flat = _flatten(_restore_numpy(os.path.join(ckpt_dir, str(step), "state"), subtree="model"))
-  # Training checkpoints store each nnx.Variable as {"value": array}.
-  return {name.removesuffix("/value"): v for name, v in flat.items() if name.endswith("/value")}, {"step": step}
+  return _weights(flat), {"step": step}
 
 
-# Spatial position embeddings depend on the image size; everything else transfers between 96 and 128 px.
-SPATIAL_POS_EMBEDS = ("encoder/pos_embed/spatial", "decoder/pos_embed/spatial")
+def _weights(flat: dict[str, Any]) -> dict[str, Any]:
+  """The params among the flattened `model` entries of a training checkpoint. Checkpoints store each nnx.Variable
+  as {"value": array}; besides the params the models hold only the key / count of their eager-fallback `rngs`."""
+  return {name.removesuffix("/value"): v for name, v in flat.items()
+          if name.endswith("/value") and "rngs" not in name.split("/")}
 
 
-def init_from_pretrained(state: nnx.State, path: str, model_cfg: models.ModelConfig) -> nnx.State:
-  """Stage-2 initialisation (reference §4.3): copy every param of a stage-1 run whose shape matches.
+def load_source_params(path: str) -> tuple[dict[str, np.ndarray], dict]:
+  """Flat params of any checkpoint `init_from` accepts: an export directory, a run directory (its latest
+  checkpoint), or an official PyTorch `.pth` file (read without torch or code execution). Also returns what is
+  known about the source (export metadata, the step, or the .pth's args)."""
+  if os.path.isfile(path):
+    from spectralgpt_jax.interop import loader
+    params, args = loader.read_reference_params(path)
+    return params, {"format": "pth", "args": args}
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"init_from={path!r}: no such file or directory")
+  params, metadata = load_model_params(path)
+  return params, {"format": "export" if "format" in metadata else "run", **metadata}
 
-  Spatial position embeddings of a different image size are re-initialised (kept from the fresh init), as the
-  reference's `--resume_different_size`, or resized bicubically when `model.pos_embed_resize='interpolate'`
-  (our documented deviation). The optimizer state and step start fresh. A param whose shape differs for any other
-  reason, or that is missing, is an error: silently training from random weights is the worst outcome.
-  """
-  pretrained, metadata = load_model_params(path)
-  report = {"copied": 0, "reinit": [], "interpolated": []}
-  side = model_cfg.img_size // model_cfg.patch_size
 
-  def choose(name: str, current: np.ndarray):
-    if name not in pretrained:
-      raise KeyError(f"init_from={path!r}: param {name!r} not found in the pretrained model")
-    value = np.asarray(pretrained[name])
-    if value.shape == tuple(current.shape):
-      report["copied"] += 1
-      return value
-    if name in SPATIAL_POS_EMBEDS:
-      if model_cfg.pos_embed_resize == "interpolate":
-        report["interpolated"].append(name)
-        return resize_spatial_pos_embed(value, side)
-      report["reinit"].append(name)
-      return None
-    raise ValueError(f"init_from={path!r}: param {name!r} has shape {value.shape}, the model needs "
-                     f"{tuple(current.shape)}")
+def init_from(state: nnx.State, path: str, model_cfg: models.ModelConfig, *, arch: str, strict: bool = True):
+  """Fill the model params of `state` from `path` through the one rule table (`interop.transfer`): same-shape
+  params are copied; a fresh task head, an unused MAE decoder and (reference stage 2) re-initialised spatial
+  position embeddings are reported, not errors; anything else that does not fit (missing, unexpected or mis-shaped
+  params: another depth or width) raises `CheckpointMismatchError` with one line naming the keys, unless
+  `strict=False`. The optimizer state and step are never taken from the source. Returns (state, report)."""
+  from spectralgpt_jax.interop import transfer
+  source, info = load_source_params(path)
+  target = {name: tuple(v.shape) for name, v in _named_params(state).items()}
+  values, report = transfer.transfer(source, target, model_cfg, source_name=path, arch=arch, strict=strict)
+  new_state = state_lib.replace_params(state, lambda name, current: values.get(name))
+  logging.info("init_from %s (%s): %s", path, info.get("arch", info.get("format")), report.summary())
+  return new_state, report
 
-  new_state = state_lib.replace_params(state, choose)
-  logging.info("init_from %s (%s): copied %d params, re-initialised %s, interpolated %s", path,
-               metadata.get("arch", metadata.get("step", "")), report["copied"], report["reinit"],
-               report["interpolated"])
-  return new_state
+
+def _named_params(state: nnx.State) -> dict[str, Any]:
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state_lib.model_params(state))[0]:
+    out[state_lib.param_name(path)] = leaf
+  return out
+
+
+def saved_shapes(ckpt_dir: str, step: int) -> dict[str, tuple[int, ...]]:
+  """Model param shapes stored in a training checkpoint (read from its metadata, no array is loaded)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(os.path.join(ckpt_dir, str(step), "state")).item_metadata.tree
+  return {name: tuple(meta.shape) for name, meta in _weights(_flatten(tree.get("model", {}))).items()}

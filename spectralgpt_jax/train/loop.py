@@ -1,84 +1,200 @@
-"""SpectralGPT MAE pretraining: config -> mesh -> sharded state -> data -> restore -> compiled step -> loop.
+"""The one training loop for every task: setup -> train (or evaluate) -> finish.
 
-One readable loop (big_vision style). What happens, in order:
-  1. the config is checked against the device count (no compile before that),
-  2. the mesh ("data", "fsdp", "model") is built and the train state is created directly sharded on it,
-  3. the grain iterator is created; an existing checkpoint in DIR/checkpoints is restored (state AND iterator
-     position: a killed run continues exactly where it stopped), else `init_from` loads a stage-1 model,
-  4. the one pure train step is AOT-compiled with donated state and its memory analysis is logged,
-  5. the loop runs; every `log_every` steps the metrics of the interval are fetched (the only host sync), checked
-     for non-finite values and written; evals, previews and async checkpoints happen at their intervals,
-  6. at the end: final checkpoint, final validation, params-only export with metadata.json.
+What happens, in order (big_vision style, the task plug-in does the rest; see spectralgpt_jax/tasks/base.py):
+  setup   1. the config is checked against the device count (no compile before that) and the task is built,
+          2. the mesh ("data", "fsdp", "model") is built and the state (model + optimizer, or the model alone for
+             `mode=eval`) is created directly sharded on it,
+          3. an existing checkpoint in DIR/checkpoints is restored (state AND data-iterator position: a killed run
+             continues exactly where it stopped) after checking that DIR was run with the same task and model,
+             else `init_from` fills the model through the one rule table (`interop.transfer`),
+  train   4. the one pure train step is AOT-compiled with donated state and its memory analysis is logged,
+          5. the loop runs; every `log_every` steps the metrics of the interval are fetched (the only host sync),
+             checked for non-finite values and written; evaluations (dataset-level metrics), previews and async
+             checkpoints happen at their intervals,
+  finish  6. final checkpoint, final evaluation into DIR/eval/, params-only export with metadata.json.
+`mode=eval` runs setup and one evaluation of `init_from` (or of DIR's latest checkpoint) into DIR/eval/.
 SIGTERM (TPU preemption, SLURM time limit) makes the loop save a checkpoint at the current step and return.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from spectralgpt_jax import export, sharding
 from spectralgpt_jax.data import bands as band_registry
-from spectralgpt_jax.train import checkpointing, config_checks, images, metrics, optim, steps
+from spectralgpt_jax.train import checkpointing, config_checks, evaluation, images, metrics, optim, resume, steps
 from spectralgpt_jax.train import state as state_lib
-
-LOGGED_MEANS = ("loss", "loss_masked", "loss_spectral", "grad_norm")
+from spectralgpt_jax.train.resume import StopSignal
 
 
 class NonFiniteError(FloatingPointError):
   """Raised when a step produced a non-finite loss or gradient and `skip_nonfinite` is off."""
 
 
-def pipeline_iterator(data_cfg, *, global_batch_size: int, sharding: jax.sharding.NamedSharding, seed: int,
-                      train: bool, start_batch: int = 0) -> Iterator:
-  """The data layer's grain iterator (spectralgpt_jax.data.pipeline, docs/contracts.md)."""
-  from spectralgpt_jax.data import pipeline   # imported here so that configs can be checked without it
-  return pipeline.pretrain_iterator(data_cfg, global_batch_size=global_batch_size, sharding=sharding, seed=seed,
-                                    train=train, start_batch=start_batch)
+@dataclasses.dataclass
+class Run:
+  """Everything `setup` prepares for `train` / `evaluate_checkpoint`."""
+  config: Any
+  workdir: str
+  plan: config_checks.Plan
+  mesh: jax.sharding.Mesh
+  sharded: state_lib.ShardedState
+  state: nnx.State
+  start_step: int
+  make: Callable[..., Iterator]          # make(global_batch_size=, train=, start_batch=) -> grain iterator
+  train_iter: Iterator | None
+  ckpt: checkpointing.Checkpointer | None
+  writer: metrics.MetricWriter
+  schedule: Callable | None
+  keys: tuple[jax.Array, jax.Array, jax.Array]   # train, eval, preview
+
+  @property
+  def task(self):
+    return self.plan.task
+
+  @property
+  def batch_sharding(self):
+    return sharding.batch_sharding(self.mesh)
 
 
-def num_train_examples(data_cfg) -> int:
-  """Training-set size (for epoch-based schedules): the length of the data layer's training source."""
-  from spectralgpt_jax.data import pipeline
-  source, _ = pipeline.make_source(data_cfg, data_cfg.train_split)
-  return len(source)
+def run(config, workdir: str, *, make_iterator: Callable[..., Iterator] | None = None) -> dict[str, Any]:
+  """Train (or, with `config.mode='eval'`, evaluate) as `config` says, writing everything under `workdir`;
+  resumes a training run if `workdir` holds a checkpoint. `make_iterator(data_cfg, global_batch_size=, sharding=,
+  seed=, train=, start_batch=)` defaults to the task's data pipeline (tests pass synthetic sources)."""
+  r = setup(config, workdir, make_iterator)
+  if config.get("mode", "train") == "eval":
+    return evaluate_checkpoint(r)
+  return train(r)
 
 
-class _StopSignal:
-  """Turns SIGTERM into a flag checked between steps (a checkpoint is then written and the run returns)."""
+# ================================================================================================== setup
+def setup(config, workdir: str, make_iterator: Callable[..., Iterator] | None = None) -> Run:
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  evaluating = config.get("mode", "train") == "eval"
+  task, _ = config_checks.make_task(config)
+  needs_epochs = not evaluating and (config.total_steps <= 0 or (config.warmup_steps <= 0 and config.warmup_epochs > 0)
+                                     or config.optimizer.get("schedule", "cosine") == "exponential")
+  examples = task.num_train_examples() if needs_epochs and not config.num_train_examples else None
+  plan = config_checks.check(config, device_count=jax.device_count(), process_count=jax.process_count(),
+                             num_train_examples=examples, task=task)
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info("task %s (%s); mesh %s over %d devices (%d processes)", plan.task.name,
+               config.get("mode", "train"), dict(mesh.shape), jax.device_count(), jax.process_count())
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+  schedule, tx = None, None
+  if not evaluating:
+    schedule = optim.make_schedule(config.optimizer, peak_lr=plan.peak_lr, total_steps=plan.total_steps,
+                                   warmup_steps=plan.warmup_steps, steps_per_epoch=plan.steps_per_epoch)
+    tx = optim.make_optimizer(config.optimizer, schedule, depth=plan.model.depth)
+    logging.info("%d steps, peak lr %.3g (%s), warmup %.1f steps, %d micro-batch(es) of %d", plan.total_steps,
+                 plan.peak_lr, config.optimizer.get("schedule", "cosine"), plan.warmup_steps,
+                 config.optimizer.accum_steps, plan.micro_batch)
+  sharded = state_lib.create_sharded(plan.model, tx, mesh, config.seed)
+  num_params = state_lib.param_count(sharded.state)
+  logging.info("model %s: %s parameters (%s)", config.model.name, f"{num_params:,}",
+               ", ".join(f"{k} {v:,}" for k, v in state_lib.param_overview(sharded.state)))
+  sharding.log_layout(sharded.abstract(), sharded.shardings, limit=40)
 
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint after the current step, then stopping")
-    self.requested = True
+  make_iterator = make_iterator or plan.task.iterator
+  make = functools.partial(make_iterator, config.data, sharding=sharding.batch_sharding(mesh), seed=config.seed)
+  writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard)
+  key = jax.random.key(config.seed)
+  keys = tuple(jax.random.fold_in(key, i) for i in range(3))
+  r = Run(config=config, workdir=workdir, plan=plan, mesh=mesh, sharded=sharded, state=sharded.state, start_step=0,
+          make=make, train_iter=None, ckpt=None, writer=writer, schedule=schedule, keys=keys)
+  if evaluating:
+    _load_for_eval(r)
+  else:
+    _restore_or_init(r)
+  writer.write_config(workdir, config.to_json_best_effort(indent=2))
+  return r
 
-  def should_stop(self, step: int, ckpt: checkpointing.Checkpointer, sync: bool) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    # All hosts must stop at the same step: agree on the local flags at sync points, and honour the coordination
-    # service's preemption notice (TPU maintenance events) at every step.
-    if sync and bool(multihost_utils.process_allgather(np.int32(self.requested)).any()):
-      return True
-    return ckpt.reached_preemption(step)
 
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def _restore_or_init(r: Run) -> None:
+  config = r.config
+  r.train_iter = r.make(global_batch_size=config.batch_size, train=True)
+  r.ckpt = checkpointing.Checkpointer(os.path.join(r.workdir, "checkpoints"), every=config.checkpoint_every,
+                                      keep=config.keep_checkpoints, async_save=config.async_checkpoints)
+  latest = r.ckpt.latest_step()
+  if latest is not None:
+    resume.check_same_run(r.workdir, config, r.ckpt.directory, latest, r.sharded,
+                          strict=config.get("strict_resume", True))
+    r.state, data_restored = r.ckpt.restore(latest, r.sharded.abstract(), r.train_iter)
+    r.start_step = latest
+    if not data_restored:   # another process/worker layout: one step = one global batch, so batch `latest` is next
+      _close(r.train_iter)
+      r.train_iter = r.make(global_batch_size=config.batch_size, train=True, start_batch=latest)
+    logging.info("resuming from step %d", latest)
+  elif config.init_from:
+    r.state, _ = checkpointing.init_from(r.state, config.init_from, r.plan.model, arch=config.model.name,
+                                         strict=config.get("strict_init", True))
+
+
+def _load_for_eval(r: Run) -> None:
+  """Eval mode: the model of `init_from`, else of DIR's latest training checkpoint."""
+  source = r.config.init_from
+  if not source:
+    ckpt_dir = os.path.join(r.workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+      raise config_checks.ConfigError("config.init_from: mode=eval needs a checkpoint to evaluate (an export or "
+                                      "run directory, or an official .pth file), and --workdir has none")
+    source = r.workdir
+  r.state, _ = checkpointing.init_from(r.state, source, r.plan.model, arch=r.config.model.name,
+                                       strict=r.config.get("strict_init", True))
+  r.start_step = 0
+
+
+# ================================================================================================== evaluation
+def _evaluator(r: Run) -> Callable[[nnx.State], tuple[dict, Any]]:
+  eval_fn = evaluation.make_eval_fn(r.sharded.graphdef, r.keys[1], r.task, r.sharded.shardings, r.batch_sharding)
+  replicated = sharding.replicated(r.mesh)
+
+  def evaluate(state):
+    iterator = r.make(global_batch_size=r.config.eval_batch_size, train=False)
+    return evaluation.evaluate(r.task, eval_fn, state, iterator, replicated)
+  return evaluate
+
+
+def evaluate_checkpoint(r: Run) -> dict[str, Any]:
+  result, evaluator = _evaluator(r)(r.state)
+  split = r.config.data.get("eval_split", "val")
+  evaluation.write_outputs(os.path.join(r.workdir, "eval"), evaluator, result, split=split,
+                           checkpoint=r.config.init_from or r.workdir, task=r.task.name)
+  r.writer.write(0, {f"val_{k}": v for k, v in evaluation.scalars(result).items()})
+  r.writer.close()
+  return {"mode": "eval", "workdir": r.workdir, "eval": result}
+
+
+# ================================================================================================== train
+def _interval_summary(entries: list[tuple[int, dict]], keys: tuple[str, ...], skip_nonfinite: bool
+                      ) -> dict[str, float]:
+  """Mean of the train metrics over the finite steps of a log interval; raises on a non-finite step unless
+  skipped."""
+  values = [(step, {k: float(v) for k, v in m.items()}) for step, m in jax.device_get(entries)]
+  bad = [(step, m) for step, m in values if m["finite"] < 1]
+  if bad and not skip_nonfinite:
+    step, m = bad[0]
+    raise NonFiniteError(f"non-finite loss or gradient at step {step} (loss={m['loss']}, grad_norm="
+                         f"{m['grad_norm']}); the update was not applied and the state is intact. Set "
+                         "config.skip_nonfinite=True to skip such updates, or lower the learning rate.")
+  good = [m for _, m in values if m["finite"] >= 1] or [values[-1][1]]
+  summary = {k: float(np.mean([m[k] for m in good])) for k in keys + ("grad_norm",)}
+  summary["lr"] = values[-1][1]["lr"]
+  if bad:
+    summary["skipped_steps"] = float(len(bad))
+    logging.warning("skipped %d non-finite update(s) at steps %s", len(bad), [s for s, _ in bad])
+  return summary
 
 
 def _log_memory(memory) -> None:
@@ -91,133 +207,56 @@ def _log_memory(memory) -> None:
                mib("alias_size_in_bytes"), mib("temp_size_in_bytes"), mib("generated_code_size_in_bytes"))
 
 
-def _interval_summary(entries: list[tuple[int, dict]], skip_nonfinite: bool) -> dict[str, float]:
-  """Mean of the loss terms over the finite steps of a log interval; raises on a non-finite step unless skipped."""
-  values = [(step, {k: float(v) for k, v in m.items()}) for step, m in jax.device_get(entries)]
-  bad = [(step, m) for step, m in values if m["finite"] < 1]
-  if bad and not skip_nonfinite:
-    step, m = bad[0]
-    raise NonFiniteError(f"non-finite loss or gradient at step {step} (loss={m['loss']}, grad_norm="
-                         f"{m['grad_norm']}); the update was not applied and the state is intact. Set "
-                         "config.skip_nonfinite=True to skip such updates, or lower the learning rate.")
-  good = [m for _, m in values if m["finite"] >= 1] or [values[-1][1]]
-  summary = {k: float(np.mean([m[k] for m in good])) for k in LOGGED_MEANS}
-  summary["lr"] = values[-1][1]["lr"]
-  if bad:
-    summary["skipped_steps"] = float(len(bad))
-    logging.warning("skipped %d non-finite update(s) at steps %s", len(bad), [s for s, _ in bad])
-  return summary
+def _previews(r: Run, first_batch) -> Callable[[nnx.State, int], None] | None:
+  """PNG reconstruction previews of fixed (held-out when evaluating) images, for tasks that have them."""
+  config, task = r.config, r.task
+  if not (config.image_every and task.has_previews):
+    return None
+  replicated = sharding.replicated(r.mesh)
+  source = first_batch["image"]
+  if config.eval_every:    # prefer fixed held-out images, so successive previews are comparable
+    eval_iter = r.make(global_batch_size=config.eval_batch_size, train=False)
+    source = next(iter(eval_iter))["image"]
+    _close(eval_iter)
+  n = min(config.num_preview, source.shape[0])
+  preview_images = jax.jit(lambda x: x[:n], out_shardings=replicated)(source)
+  graphdef, key = r.sharded.graphdef, r.keys[2]
+  recon = jax.jit(lambda state, x: task.reconstruct(nnx.merge(graphdef, state).model, x, key),
+                  in_shardings=(r.sharded.shardings, replicated), out_shardings=replicated)
+  bands = _bands(config)
 
-
-def run(config, workdir: str, *, make_iterator: Callable[..., Iterator] | None = None) -> dict[str, Any]:
-  """Pretrain as `config` says, writing everything under `workdir`; resumes if it holds a checkpoint.
-
-  `make_iterator(data_cfg, global_batch_size=, sharding=, seed=, train=)` defaults to the data layer's grain
-  pipeline; tests pass a synthetic source with the same signature. Returns a summary (steps, last metrics).
-  """
-  make_iterator = make_iterator or pipeline_iterator
-  if "://" not in workdir:
-    workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-
-  # ---------------------------------------------------------------------------------------------- config & mesh
-  needs_epochs = config.total_steps <= 0 or (config.warmup_steps <= 0 and config.warmup_epochs > 0)
-  examples = num_train_examples(config.data) if needs_epochs and not config.num_train_examples else None
-  plan = config_checks.check(config, device_count=jax.device_count(), process_count=jax.process_count(),
-                             num_train_examples=examples)
-  mesh = sharding.make_mesh(config.mesh)
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  logging.info("mesh %s over %d devices (%d processes); %d steps, peak lr %.3g, warmup %.1f steps, "
-               "%d micro-batch(es) of %d", dict(mesh.shape), jax.device_count(), jax.process_count(),
-               plan.total_steps, plan.peak_lr, plan.warmup_steps, config.optimizer.accum_steps, plan.micro_batch)
-
-  # ---------------------------------------------------------------------------------------------- state
-  schedule = optim.warmup_half_cosine(plan.peak_lr, plan.total_steps, plan.warmup_steps, config.optimizer.min_lr)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  sharded = state_lib.create_sharded(plan.model, tx, mesh, config.seed)
-  num_params = state_lib.param_count(sharded.state)
-  logging.info("model %s: %s parameters (%s)", config.model.name, f"{num_params:,}",
-               ", ".join(f"{k} {v:,}" for k, v in state_lib.param_overview(sharded.state)))
-  sharding.log_layout(sharded.abstract(), sharded.shardings, limit=40)
-
-  # ---------------------------------------------------------------------------------------------- data & restore
-  make = functools.partial(make_iterator, config.data, sharding=batch_sharding, seed=config.seed)
-  train_iter = make(global_batch_size=config.batch_size, train=True)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
-                                    keep=config.keep_checkpoints, async_save=config.async_checkpoints)
-  state, start_step = sharded.state, 0
-  if (latest := ckpt.latest_step()) is not None:
-    state, data_restored = ckpt.restore(latest, sharded.abstract(), train_iter)
-    start_step = latest
-    if not data_restored:   # another process/worker layout: one step = one global batch, so batch `latest` is next
-      _close(train_iter)
-      train_iter = make(global_batch_size=config.batch_size, train=True, start_batch=latest)
-    logging.info("resuming from step %d", start_step)
-  elif config.init_from:
-    state = checkpointing.init_from_pretrained(state, config.init_from, plan.model)
-
-  writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard)
-  writer.write_config(workdir, config.to_json_best_effort(indent=2))
-  bands = tuple(config.data.get("bands", None) or band_registry.CANONICAL)
-  summary: dict[str, Any] = {"start_step": start_step, "num_params": num_params, "workdir": workdir}
-  if start_step >= plan.total_steps:
-    logging.info("run already complete (step %d of %d)", start_step, plan.total_steps)
-    _export(config, workdir, state, plan, bands, start_step)
-    _close(train_iter)
-    ckpt.close()
-    writer.close()
-    return {**summary, "final_step": start_step}
-
-  # ---------------------------------------------------------------------------------------------- compiled functions
-  step_cfg = steps.StepConfig(model=plan.model, mask_ratio=config.model.mask_ratio,
-                              accum_steps=config.optimizer.accum_steps)
-  key = jax.random.key(config.seed)
-  train_key, eval_key, preview_key = (jax.random.fold_in(key, i) for i in range(3))
-  batch = next(train_iter)       # the first batch of this run, also the compile example
-  compiled_step, memory = steps.compile_train_step(
-      functools.partial(steps.train_step, sharded.graphdef, train_key, schedule, step_cfg, batch_sharding),
-      state, sharded.shardings, batch, batch_sharding)
-  _log_memory(memory)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, sharded.graphdef, eval_key, step_cfg, batch_sharding),
-                    in_shardings=(sharded.shardings, batch_sharding, replicated), out_shardings=replicated)
-  recon_fn = jax.jit(functools.partial(steps.reconstruct, sharded.graphdef, preview_key, step_cfg),
-                     in_shardings=(sharded.shardings, replicated), out_shardings=replicated)
-
-  def evaluate(state) -> dict[str, float]:
-    eval_iter = make(global_batch_size=config.eval_batch_size, train=False)
-    totals = None
-    try:
-      for index, eval_batch in enumerate(eval_iter):
-        sums = eval_fn(state, eval_batch, sharding.to_global_batch({"i": np.int32(index)}, replicated)["i"])
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    finally:
-      _close(eval_iter)
-    totals = jax.device_get(totals)
-    count = max(float(totals.pop("count")), 1.0)
-    return {f"val_{k}": float(v) / count for k, v in totals.items()}
-
-  preview_images = None
-  if config.image_every:
-    source = batch["image"]
-    if config.eval_every:    # prefer fixed held-out images, so successive previews are comparable
-      eval_iter = make(global_batch_size=config.eval_batch_size, train=False)
-      source = next(iter(eval_iter))["image"]
-      _close(eval_iter)
-    n = min(config.num_preview, source.shape[0])
-    preview_images = jax.jit(lambda x: x[:n], out_shardings=replicated)(source)
-
-  def save_preview(state, step: int) -> None:
-    out = recon_fn(state, preview_images)
+  def save(state, step: int) -> None:
+    out = recon(state, preview_images)
     if jax.process_index() == 0:
-      path = images.save_preview(workdir, step, jax.device_get(out), bands)
-      logging.info("preview written: %s", path)
+      logging.info("preview written: %s", images.save_preview(r.workdir, step, jax.device_get(out), bands))
+  return save
 
-  # ---------------------------------------------------------------------------------------------- train loop
-  stop = _StopSignal()
-  progress = metrics.Progress(start_step, plan.total_steps, enabled=config.progress_bar)
+
+def train(r: Run) -> dict[str, Any]:
+  config, plan, task = r.config, r.plan, r.task
+  summary: dict[str, Any] = {"start_step": r.start_step, "num_params": state_lib.param_count(r.state),
+                             "workdir": r.workdir, "task": task.name}
+  if r.start_step >= plan.total_steps:
+    logging.info("run already complete (step %d of %d)", r.start_step, plan.total_steps)
+    _export(r, r.state, r.start_step)
+    _close_run(r)
+    return {**summary, "final_step": r.start_step}
+
+  step_cfg = steps.StepConfig(task=task, accum_steps=config.optimizer.accum_steps)
+  batch = next(r.train_iter)       # the first batch of this run, also the compile example
+  compiled_step, memory = steps.compile_train_step(
+      functools.partial(steps.train_step, r.sharded.graphdef, r.keys[0], r.schedule, step_cfg, r.batch_sharding),
+      r.state, r.sharded.shardings, batch, r.batch_sharding)
+  _log_memory(memory)
+  evaluate = _evaluator(r) if config.eval_every else None
+  save_preview = _previews(r, batch)
+  metric_keys = ("loss",) + tuple(k for k in task.train_metrics if k != "loss")
+
+  stop = StopSignal()
+  progress = metrics.Progress(r.start_step, plan.total_steps, enabled=config.progress_bar)
   pending: list[tuple[int, dict]] = []
-  last_log_time, last_log_step, paused_s = time.time(), start_step, 0.0
-  step, preempted, last = start_step, False, {}
+  last_log_time, last_log_step, paused_s = time.time(), r.start_step, 0.0
+  step, preempted, last, state = r.start_step, False, {}, r.state
 
   def pause_clock(work: Callable[[], Any]) -> Any:
     """Run periodic work (eval, preview, checkpoint) outside the training throughput measurement."""
@@ -230,58 +269,71 @@ def run(config, workdir: str, *, make_iterator: Callable[..., Iterator] | None =
 
   try:
     while step < plan.total_steps:
-      if step > start_step:
-        batch = next(train_iter)
+      if step > r.start_step:
+        batch = next(r.train_iter)
       state, step_metrics = compiled_step(state, batch)
       step += 1
       pending.append((step, step_metrics))
 
       is_last = step == plan.total_steps
       if step % config.log_every == 0 or is_last:
-        last = _interval_summary(pending, config.skip_nonfinite)   # blocks until the interval's steps are done
+        last = _interval_summary(pending, metric_keys, config.skip_nonfinite)   # blocks until the steps are done
         now = time.time()
         step_s = (now - last_log_time - paused_s) / (step - last_log_step)
         last.update(step_s=step_s, img_per_s=config.batch_size / step_s)
-        writer.write(step, last)
+        r.writer.write(step, last)
         progress.update(step, {k: last[k] for k in ("loss", "lr", "img_per_s")})
         pending, last_log_time, last_log_step, paused_s = [], now, step, 0.0
-      if config.eval_every and (step % config.eval_every == 0 or is_last):
-        val = pause_clock(lambda: evaluate(state))
-        writer.write(step, val)
-        logging.info("step %d validation: %s", step, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
-        summary["val"] = val
-      if config.image_every and (step % config.image_every == 0 or is_last):
+      if evaluate is not None and (step % config.eval_every == 0 or is_last):
+        result, evaluator = pause_clock(lambda: evaluate(state))
+        r.writer.write(step, {f"val_{k}": v for k, v in evaluation.scalars(result).items()})
+        summary["val"] = result
+        if is_last:
+          evaluation.write_outputs(os.path.join(r.workdir, "eval"), evaluator, result,
+                                   split=config.data.get("eval_split", "val"), checkpoint=r.workdir, step=step,
+                                   task=task.name)
+      if save_preview is not None and (step % config.image_every == 0 or is_last):
         pause_clock(lambda: save_preview(state, step))
       if is_last or step % config.checkpoint_every == 0:
-        pause_clock(lambda: ckpt.save(step, state, train_iter, force=is_last))
-      if not is_last and stop.should_stop(step, ckpt, sync=step % config.log_every == 0):
-        ckpt.save(step, state, train_iter, force=True)
+        pause_clock(lambda: r.ckpt.save(step, state, r.train_iter, force=is_last))
+      if not is_last and stop.should_stop(step, r.ckpt, sync=step % config.log_every == 0):
+        r.ckpt.save(step, state, r.train_iter, force=True)
         preempted = True
         logging.warning("stopped at step %d on request; rerun the same command to resume", step)
         break
   finally:
     stop.restore()
     progress.close()
-    ckpt.wait()            # never leave a half-written last checkpoint behind (architecture.md pitfall 9)
-    writer.flush()
+    r.ckpt.wait()            # never leave a half-written last checkpoint behind
+    r.writer.flush()
 
   if not preempted:
-    _export(config, workdir, state, plan, bands, step)
-  _close(train_iter)
-  ckpt.close()
-  writer.close()
+    _export(r, state, step)
+  _close_run(r)
   return {**summary, "final_step": step, "preempted": preempted, "last": last}
 
 
-def _export(config, workdir: str, state, plan: config_checks.Plan, bands, step: int) -> None:
+# ================================================================================================== finish
+def _bands(config) -> tuple[str, ...]:
+  return tuple(config.data.get("bands", None) or band_registry.CANONICAL)
+
+
+def _export(r: Run, state, step: int) -> None:
+  config = r.config
   if not config.export:
     return
-  normalization = {"name": config.data.get("normalization", None), "stats": config.data.get("stats", "") or None}
-  metadata = export.make_metadata(config.model.name, plan.model, normalization=normalization, bands=list(bands),
-                                  source=workdir, step=step, mask_ratio=config.model.mask_ratio,
-                                  data=json.loads(config.data.to_json_best_effort()))
-  export.save_params(os.path.join(workdir, "export"), nnx.to_pure_dict(state_lib.model_params(state)), metadata)
-  logging.info("export: params + metadata.json written to %s", os.path.join(workdir, "export"))
+  metadata = export.make_metadata(config.model.name, r.plan.model, bands=list(_bands(config)), source=r.workdir,
+                                  step=step, data=json.loads(config.data.to_json_best_effort()),
+                                  **r.task.export_metadata())
+  export.save_params(os.path.join(r.workdir, "export"), nnx.to_pure_dict(state_lib.model_params(state)), metadata)
+  logging.info("export: params + metadata.json written to %s", os.path.join(r.workdir, "export"))
+
+
+def _close_run(r: Run) -> None:
+  _close(r.train_iter)
+  if r.ckpt is not None:
+    r.ckpt.close()
+  r.writer.close()
 
 
 def _close(iterator) -> None:

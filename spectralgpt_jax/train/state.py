@@ -26,6 +26,13 @@ class TrainState(nnx.Module):
     self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
+class ModelState(nnx.Module):
+  """Evaluation-only state: the model without optimizer moments (half the memory of a TrainState)."""
+
+  def __init__(self, model: nnx.Module):
+    self.model = model
+
+
 @dataclasses.dataclass
 class ShardedState:
   """What the loop needs: the static graph, the sharded state arrays and their shardings (reused everywhere)."""
@@ -38,10 +45,12 @@ class ShardedState:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.shardings)
 
 
-def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None, mesh: jax.sharding.Mesh,
                    seed: int) -> ShardedState:
-  def init() -> TrainState:
-    return TrainState(models.build_from_config(model_cfg, seed=seed), tx)
+  """A TrainState (or, with `tx=None`, a ModelState) whose arrays are created directly on their devices."""
+  def init() -> nnx.Module:
+    model = models.build_from_config(model_cfg, seed=seed)
+    return ModelState(model) if tx is None else TrainState(model, tx)
 
   abstract = nnx.eval_shape(init)
   graphdef, abstract_state = nnx.split(abstract)     # the only split: the graphdef is reused by every step
@@ -70,6 +79,11 @@ def param_overview(state: nnx.State) -> list[tuple[str, int]]:
 
 def _name(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def param_name(path) -> str:
+  """'/'-joined name of a leaf path of `model_params(state)` (drops the Variable's own `.value` key)."""
+  return _name(tuple(k for k in path if not hasattr(k, "name")))
 
 
 def replace_params(state: nnx.State, new_value: Callable[[str, np.ndarray], np.ndarray | None]) -> nnx.State:

@@ -163,7 +163,7 @@ def test_worker_processes_match_in_process():
 def test_default_configs():
   assert pipeline.default_data_config("fmow_sentinel").image_size == 96
   ft = pipeline.default_data_config("eurosat", "finetune")
-  assert (ft.normalization, ft.stats, ft.num_classes) == ("zscore", "ssl4eo_s12_l2a", 10)
+  assert (ft.normalization, ft.stats, len(pipeline.class_names(ft))) == ("zscore", "ssl4eo_s12_l2a", 10)
   assert pipeline.default_data_config("bigearthnet", "finetune").train_split == "train_10pct"
   with pytest.raises(ValueError):
     pipeline.default_data_config("eurosat")  # no pretraining on EuroSAT

@@ -34,7 +34,9 @@ def _compiled(mesh, accum):
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding.shardings_for(abstract_state, nnx.get_partition_spec(abstract_state), mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  cfg = steps.StepConfig(model=MODEL, mask_ratio=0.75, accum_steps=accum)
+  task = tl.pretrain_task(0.75, depth=1)
+  assert task.model_config() == MODEL
+  cfg = steps.StepConfig(task=task, accum_steps=accum)
   fn = functools.partial(steps.train_step, graphdef, jax.random.key(0), SCHEDULE, cfg, batch_sharding)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
                                 shardings)

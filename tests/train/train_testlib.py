@@ -46,6 +46,12 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
+def pretrain_task(mask_ratio: float = 0.75, **model_fields):
+  """The MAE task of the tiny config with `model_fields` overrides (e.g. depth=1)."""
+  from spectralgpt_jax import tasks
+  return tasks.get(tiny_config(**{"model.mask_ratio": mask_ratio, **{f"model.{k}": v for k, v in model_fields.items()}}))
+
+
 def synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
   """Smooth random 12-band images in [0, 1] (low-frequency structure the tiny model can learn to reconstruct)."""
   rng = np.random.RandomState(seed)

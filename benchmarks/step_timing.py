@@ -1,0 +1,64 @@
+"""Shared by the step benchmarks: compile the real train step of a task exactly as main.py does and time it.
+
+The step is `spectralgpt_jax.train.steps.train_step` with the task plug-in (sharded state created on a
+("data", "fsdp", "model") mesh over all local devices, donated, AOT-compiled), timed after one warm-up step.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import resource
+import statistics
+import time
+
+import flax
+import jax
+
+from spectralgpt_jax import sharding
+from spectralgpt_jax.models.flops import train_step_flops
+from spectralgpt_jax.train import optim, steps
+from spectralgpt_jax.train import state as state_lib
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  return dict(zip(sharding.MESH_AXES, (int(s) for s in text.split(","))))
+
+
+def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_steps: int,
+              mask_ratio: float = 0.9) -> dict:
+  """Compile and time one task's train step on `batch` (host arrays); returns the JSON fields."""
+  mesh = sharding.make_mesh(parse_mesh(mesh_text))
+  batch_sharding = sharding.batch_sharding(mesh)
+  schedule = optim.warmup_half_cosine(1e-4, total_steps=1000, warmup_steps=10)
+  tx = optim.make_optimizer(opt_cfg, schedule, depth=model_cfg.depth)
+  sharded = state_lib.create_sharded(model_cfg, tx, mesh, seed=0)
+  step_fn = functools.partial(steps.train_step, sharded.graphdef, jax.random.key(0), schedule,
+                              steps.StepConfig(task=task), batch_sharding)
+  batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+
+  start = time.perf_counter()
+  compiled, memory = steps.compile_train_step(step_fn, sharded.state, sharded.shardings, batch, batch_sharding)
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(sharded.state, batch)   # warm-up
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(num_steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+
+  n = next(iter(batch.values())).shape[0]
+  median = statistics.median(times)
+  flops = train_step_flops(model_cfg, mask_ratio)
+  device = jax.devices()[0]
+  return {
+      "mesh": dict(mesh.shape), "steps": num_steps, "step_s_median": round(median, 4),
+      "step_s_min": round(min(times), 4), "img_per_s": round(n / median, 3), "compile_s": round(compile_s, 2),
+      "temp_mb": round(memory.temp_size_in_bytes / 2**20, 1) if memory is not None else None,
+      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      "gflops_per_img": round(flops / 1e9, 2), "achieved_gflops_per_s": round(flops * n / median / 1e9, 1),
+      "final_loss": round(float(metrics["loss"]), 4), "device": f"{device.platform}:{device.device_kind}",
+      "num_devices": jax.device_count(), "num_cpus": os.cpu_count(), "python": platform.python_version(),
+      "jax": jax.__version__, "flax": flax.__version__}
