@@ -42,6 +42,6 @@ def get_config(arg=None):
     c.data.eval_split = "val"
     c.metrics.reference_map = True
   elif variant == "demo":
-    eurosat.demo_classifier(c, dataset="bigearthnet", steps=600)
+    eurosat.demo_classifier(c, dataset="bigearthnet", steps=400)
     c.data.eval_split = "test"
   return c

@@ -53,8 +53,8 @@ def demo_classifier(c, *, dataset: str, steps: int):
   c.model = common.model_section("vit_tiny", img_size=48, embed_dim=128, depth=4, num_heads=4, drop_path_rate=0.1)
   c.model.num_classes = 0
   c.data = common.data_section(dataset, 48, "finetune", demo=True, data_dir="")
-  c.batch_size, c.eval_batch_size = 64, 64
-  c.optimizer.blr = 1e-3 * 256 / 64          # lr 1e-3 for a 1M-parameter model
+  c.batch_size, c.eval_batch_size = 32, 64
+  c.optimizer.blr = 1e-3 * 256 / 32          # lr 1e-3 for a 1M-parameter model
   c.optimizer.layer_decay = 0.75
   common.cpu_demo(c, steps=steps, warmup=50, every=steps // 4)
   c.init_from = common.demo_init_from()
@@ -68,5 +68,5 @@ def get_config(arg=None):
   if variant == "reference":
     reference_classifier(c)
   elif variant == "demo":
-    demo_classifier(c, dataset="eurosat", steps=600)
+    demo_classifier(c, dataset="eurosat", steps=400)
   return c

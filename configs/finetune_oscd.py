@@ -3,7 +3,8 @@ r"""SpectralGPT fine-tuning on OSCD (Sentinel-2 change detection between two dat
 Variants (`get_config(arg)`, arg = "<variant>[,<size>]", size B | L, default B):
 
   paper       (default) cd_vit_<size>_patch8_128: a siamese encoder (shared weights) on both dates, merged
-              features of date 1 minus date 2, the segmentation neck / head without its dropouts, 2 classes. The
+              features of date 1 minus date 2, the segmentation neck / head without the SegMunich-only dropouts
+              (the FPN fuse dropouts stay, as in the reference), 2 classes. The
               paper's settings: 128 px patches with 50 % overlap, random flips and rotations, NLL loss with the
               reference's class weights from the training maps, batch 64, lr 1e-3, 60 epochs; where the paper is
               silent the released code's: AdamW, weight decay 1e-5 on every parameter, lr x 0.95 per epoch.

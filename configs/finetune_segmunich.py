@@ -9,7 +9,8 @@ Variants (`get_config(arg)`, arg = "<variant>[,<size>]", size B | L, default B):
               from 1e-3 x lr, then poly(0.9) to 250 epochs, drop path 0.5. The ten SegMunich bands are completed to
               the model's 12 with the per-pixel band mean at the B08 / B09 positions (the reference appends them
               instead: `--config.data.append_missing_bands=True`). Evaluated on the test tiles (the 8:2 split of
-              the dataset's lists): OA, per-class IoU and mIoU over all 13 classes.
+              the dataset's lists): OA, per-class IoU and mIoU over all 13 classes, background included (a class
+              absent from both the labels and the predictions has no IoU and is left out of the mean).
                 python main.py --config=configs/finetune_segmunich.py --workdir=runs/segmunich \
                     --config.init_from=SpectralGPT+.pth --config.data.data_dir=$TFDS_DATA_DIR
   reference   the released code: lr 1e-4, weight decay 1e-5, poly schedule with 15 warmup epochs, 250 epochs,
@@ -22,8 +23,10 @@ Variants (`get_config(arg)`, arg = "<variant>[,<size>]", size B | L, default B):
               64 px windows; evaluation blends the windows back into whole tiles).
 
 Evaluate: --config.mode=eval --config.init_from=CKPT -> W/eval/metrics.json (oa, miou, iou, split,
-num_examples), predictions.npz (confusion), per_class.json, confusion_matrix.png. An official SegMunich
-checkpoint (`{'model': state_dict}`) is evaluated with --config.init_from=model.pth.
+num_examples), predictions.npz (confusion), per_class.json, confusion_matrix.png. The released SegMunich
+checkpoint (`{'model': state_dict}`) saw the reference band layout, so evaluate it with the `reference` variant:
+  python main.py --config=configs/finetune_segmunich.py:reference --config.mode=eval \
+      --config.init_from=model_3con_loss_51_0.pth --config.data.data_dir=$TFDS_DATA_DIR --workdir=W
 """
 import os
 import sys

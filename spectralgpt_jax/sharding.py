@@ -126,6 +126,21 @@ def logical_to_mesh_spec(logical: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*out)
 
 
+def constrain(x: jax.Array, *logical: str | None) -> jax.Array:
+  """Activation layout hint by logical names (e.g. `constrain(x, "batch")` for [N, H, W, C] maps), applied when
+  tracing under `jax.set_mesh` (the train / eval steps are) and a no-op otherwise (eager use, no mesh).
+
+  XLA's sharding propagation otherwise picks the layout of every intermediate on its own; in the seg/cd head (small
+  spatial maps, slices, concatenations of channel-sharded convs) a (2, 2, 2) mesh then produced wrong gradients
+  (tests/tasks/test_tasks_sharding.py). Pinning the head's feature maps to "batch-sharded, channels whole" makes
+  every layout explicit; the weights stay sharded by RULES.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_mesh_spec(P(*logical), tuple(x.shape), mesh))
+
+
 def shardings_for(abstract_state: Any, logical_specs: Any, mesh: Mesh) -> Any:
   """NamedShardings for every leaf of `abstract_state` from the matching tree of logical PartitionSpecs."""
   def one(leaf, spec):

@@ -15,3 +15,18 @@ flags.FLAGS(sys.argv[:1], known_only=True)
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_cache(tmp_path_factory):
+  """The demo scene and land-cover caches go to a per-session temp dir (never the user's ~/.cache)."""
+  old = os.environ.get("SPECTRALGPT_JAX_CACHE")
+  os.environ["SPECTRALGPT_JAX_CACHE"] = str(tmp_path_factory.mktemp("demo_cache"))
+  yield
+  if old is None:
+    os.environ.pop("SPECTRALGPT_JAX_CACHE", None)
+  else:
+    os.environ["SPECTRALGPT_JAX_CACHE"] = old

@@ -8,7 +8,9 @@ which avoids Flax's transposed-convolution kernel conventions. Convolutions get 
 (U(+-1/sqrt(fan_in)) weight and bias, what an nn.Conv2d untouched by a custom init starts from); GroupNorm starts
 at scale 1, bias 0; the spectral merge is a Linear and starts as the encoder's Linear layers (xavier, zero bias).
 
-Logical axes: "embed" is the encoder width entering the neck, "channels_in" / "channels" the input / output
+Feature maps are pinned to "batch-sharded, channels whole" (`sharding.constrain`) when traced under a mesh:
+left to XLA's propagation, the small maps, slices and concatenations got layouts with wrong gradients on a
+(2, 2, 2) mesh. Logical axes: "embed" is the encoder width entering the neck, "channels_in" / "channels" the input / output
 channels of every other conv (sharded like the transformer's "embed" / "mlp" pair), "norm" the GroupNorm vectors.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flax import nnx
 
 from spectralgpt_jax.models.config import ModelConfig
 from spectralgpt_jax.models.layers import axes, param
+from spectralgpt_jax.sharding import constrain
 
 GN_EPS = 1e-5        # torch GroupNorm default (Flax's is 1e-6)
 NECK_GROUPS = 32     # GroupNorm groups of the four neck branches
@@ -109,7 +112,7 @@ class ConvNormAct(nnx.Module):
     return jax.nn.gelu(self.norm(self.conv(x)), approximate=False).astype(self.dtype)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-    return dropout(self.activate(x), self.rate, train, rngs)
+    return constrain(dropout(self.activate(x), self.rate, train, rngs), "batch")
 
 
 class DepthToSpaceUp(nnx.Module):
@@ -139,7 +142,7 @@ class NeckBranch(ConvNormAct):
     y = self.activate(x)
     if self.up is not None:
       y = self.up(y)
-    return dropout(y, self.rate, train, rngs)
+    return constrain(dropout(y, self.rate, train, rngs), "batch")
 
 
 def neck(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.List:
@@ -159,7 +162,9 @@ class PyramidPooling(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     size = x.shape[1:3]
-    pooled = [resize_bilinear(conv(adaptive_max_pool(x, bins)), size) for conv, bins in zip(self.pools, PPM_BINS)]
+    x = constrain(x, "batch")
+    pooled = [constrain(resize_bilinear(conv(adaptive_max_pool(x, bins)), size), "batch")
+              for conv, bins in zip(self.pools, PPM_BINS)]
     return self.out(jnp.concatenate(pooled + [x.astype(pooled[0].dtype)], axis=-1), train=train, rngs=rngs)
 
 
@@ -183,9 +188,11 @@ class FPNHead(nnx.Module):
       up = resize_bilinear(levels[-1], lateral.shape[1:3])
       if i == 0:
         up = self.top(up)
-      levels.append(self.smooth[i](up + self.lateral[i](lateral, train=train, rngs=rngs), train=train, rngs=rngs))
+      levels.append(self.smooth[i](constrain(up, "batch") + self.lateral[i](lateral, train=train, rngs=rngs),
+                                   train=train, rngs=rngs))
     full = levels[-1].shape[1:3]
-    return self.fuse(jnp.concatenate([resize_bilinear(x, full) for x in levels], axis=-1), train=train, rngs=rngs)
+    resized = [constrain(resize_bilinear(x, full), "batch") for x in levels]
+    return self.fuse(jnp.concatenate(resized, axis=-1), train=train, rngs=rngs)
 
 
 class SpectralMerge(nnx.Module):
@@ -202,7 +209,7 @@ class SpectralMerge(nnx.Module):
     n, _, d = tokens.shape
     groups = tokens.reshape(n, t, h, w, d).astype(self.dtype)
     merged = jnp.einsum("nthwd,t->nhwd", groups, self.kernel[...][:, 0].astype(self.dtype))
-    return merged + self.bias[...].astype(self.dtype)
+    return constrain(merged + self.bias[...].astype(self.dtype), "batch")
 
 
 def classifier_conv(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Conv:

@@ -113,12 +113,21 @@ class Task(abc.ABC):
     return cfg
 
   def export_metadata(self) -> dict[str, Any]:
-    """What an export's metadata.json records about the task (scene inference reads it)."""
+    """What an export's metadata.json records about the task and the inputs its weights expect (scene inference
+    reads it): task, class names, the normalisation (name, eps or statistics table) and the band layout."""
+    from spectralgpt_jax.data import transforms
     data = self.config.data
-    return {"task": self.name, "class_names": list(self.class_names()),
-            "normalization": {"name": data.get("normalization", None), "stats": data.get("stats", "") or None,
-                              "missing_bands": data.get("missing_bands", None),
-                              "append_missing_bands": data.get("append_missing_bands", False)}}
+    name = data.get("normalization", None)
+    normalization = {"name": name, "stats": data.get("stats", "") or None,
+                     "missing_bands": data.get("missing_bands", None),
+                     "append_missing_bands": data.get("append_missing_bands", False)}
+    if name == "minmax_per_image":
+      normalization["eps"] = transforms.REFERENCE_MINMAX_EPS.get(data.get("name", ""), 1e-12)
+    out = {"task": self.name, "class_names": list(self.class_names()), "normalization": normalization}
+    if data.get("append_missing_bands", False):
+      out["band_layout"] = ("the bands present in the data in canonical order, then the filled missing bands "
+                            f"({data.get('missing_bands')}) appended (the reference SegMunich layout)")
+    return out
 
   def check(self) -> None:
     """Task-specific config checks (beyond the generic ones); raise TaskConfigError."""

@@ -4,7 +4,7 @@ Loss: the reference's `NLLLoss(weight=w)` on log-softmax outputs, a weighted mea
 (sum_i w[y_i] * -log p_i[y_i] / sum_i w[y_i]). `config.loss.class_weights`:
   "reference"  the reference's weights from the training change maps, FP_MODIFIER = 10:
                w = [10 * 2 * p, 2 * (1 - p)] with p the fraction of changed pixels over all training scenes;
-  "none"       unweighted;  a list [w_nochange, w_change]: as given.
+  "none"       unweighted;  "w0,w1" (or a list [w_nochange, w_change] in a config file): as given.
 Metrics (change = class 1): precision, recall, F1 and overall accuracy from one confusion matrix over every pixel
 of every test scene (windows blended, see tasks/dense.py).
 """
@@ -45,23 +45,35 @@ class ChangeDetectionTask(dense.DenseTask):
     super().__init__(config)
     self._weights: np.ndarray | None = None
 
+  def _setting(self):
+    """'reference', 'none', or the two weights (from "w0,w1" on the command line or a list in a config file)."""
+    setting = self.config.get("loss", {}).get("class_weights", "reference")
+    if setting in ("reference", "none"):
+      return setting
+    try:
+      weights = [float(w) for w in (setting.split(",") if isinstance(setting, str) else setting)]
+    except (TypeError, ValueError):
+      weights = []
+    if len(weights) != 2 or min(weights) < 0 or max(weights) <= 0:
+      raise base.TaskConfigError(f"config.loss.class_weights={setting!r}: 'reference', 'none' or 'w0,w1' "
+                                 "(two non-negative weights, not both zero)")
+    return np.asarray(weights, np.float32)
+
   def check(self) -> None:
     super().check()
-    setting = self.config.get("loss", {}).get("class_weights", "reference")
-    if not (setting in ("reference", "none") or (isinstance(setting, (list, tuple)) and len(setting) == 2)):
-      raise base.TaskConfigError(f"config.loss.class_weights={setting!r}: 'reference', 'none' or [w0, w1]")
+    self._setting()
 
   def class_weights(self) -> np.ndarray:
     if self._weights is None:
-      setting = self.config.get("loss", {}).get("class_weights", "reference")
-      if setting == "none":
+      setting = self._setting()
+      if isinstance(setting, np.ndarray):
+        self._weights = setting
+      elif setting == "none":
         self._weights = np.ones(2, np.float32)
-      elif setting == "reference":
+      else:
         from spectralgpt_jax.data import pipeline
         source, _ = pipeline.make_source(self.config.data, self.config.data.train_split)
         self._weights = reference_class_weights(scene[self.label_key] for scene in source.iter_scenes())
-      else:
-        self._weights = np.asarray(setting, np.float32)
       dense.log_class_weights(self._weights, self.class_names())
     return self._weights
 
@@ -82,5 +94,6 @@ class ChangeDetectionTask(dense.DenseTask):
 
   def table_columns(self, result: Mapping[str, Any], cm: np.ndarray) -> dict[str, list]:
     seg = metrics.segmentation_metrics(cm)
-    return {"precision": seg["precision"], "recall": seg["recall"], "f1": seg["f1"], "iou": seg["iou"],
-            "pixels": cm.sum(axis=1).tolist()}
+    zero = lambda values: [0.0 if np.isnan(v) else v for v in values]   # 0/0 -> 0, as in metrics.json
+    return {"precision": zero(seg["precision"]), "recall": zero(seg["recall"]), "f1": zero(seg["f1"]),
+            "iou": zero(seg["iou"]), "pixels": cm.sum(axis=1).tolist()}

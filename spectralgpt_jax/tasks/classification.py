@@ -91,7 +91,9 @@ class ClassificationEvaluator(base.Evaluator):
 
   def add(self, sums, rows, host) -> None:
     keep = np.asarray(rows["valid"]) > 0
-    scores = np.asarray(rows["scores"])[keep][:, :len(self.class_names)]
+    scores = np.asarray(rows["scores"])[keep]
+    if self.multilabel:      # a head wider than the data (the reference's hard-coded counts): AP per data class
+      scores = scores[:, :len(self.class_names)]
     labels = np.asarray(rows["labels"])[keep]
     self.scores.append(scores)
     self.labels.append(labels)
@@ -106,6 +108,12 @@ class ClassificationEvaluator(base.Evaluator):
     if not self.scores:
       raise ValueError("evaluation saw no example")
     return np.concatenate(self.scores), np.concatenate(self.labels)
+
+  def _confusion(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[C, C] over the data's classes; a prediction of an output beyond them (a wider head) counts for no class."""
+    preds = scores.argmax(-1)
+    keep = preds < len(self.class_names)
+    return metrics.confusion_matrix(labels[keep], preds[keep], len(self.class_names))
 
   def result(self) -> dict[str, Any]:
     scores, labels = self._arrays()
@@ -123,7 +131,7 @@ class ClassificationEvaluator(base.Evaluator):
     else:
       out["top1"] = metrics.topk_accuracy(scores, labels, 1)
       out["top5"] = metrics.topk_accuracy(scores, labels, min(5, scores.shape[1]))
-      cm = metrics.confusion_matrix(labels, scores.argmax(-1), len(self.class_names))
+      cm = self._confusion(scores, labels)
       out["per_class_accuracy"] = [float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None
                                    for i in range(len(self.class_names))]
     return out
@@ -141,7 +149,7 @@ class ClassificationEvaluator(base.Evaluator):
       png = os.path.join(directory, "confusion_matrix.png")
       reporting.multilabel_confusion_png(png, mcm, self.class_names)
     else:
-      cm = metrics.confusion_matrix(labels, scores.argmax(-1), len(self.class_names))
+      cm = self._confusion(scores, labels)
       columns = {"accuracy": result["per_class_accuracy"], "support": cm.sum(axis=1).tolist()}
       png = os.path.join(directory, "confusion_matrix.png")
       reporting.confusion_png(png, cm, self.class_names, "examples (rows: true class, columns: predicted)")

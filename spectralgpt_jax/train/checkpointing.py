@@ -20,6 +20,7 @@ import time
 from typing import Any, Iterator
 
 import grain
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -113,15 +114,21 @@ def _restore_numpy(path: str, subtree: str | None = None) -> dict:
   return restored[subtree] if subtree is not None else restored
 
 
+def _local_or_remote(path: str) -> epath.Path:
+  """An epath (local or gs:// alike; orbax reads both), local paths made absolute."""
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 def load_model_params(path: str) -> tuple[dict[str, np.ndarray], dict]:
   """Model params as {"encoder/pos_embed/spatial": array, ...} from an export directory, a training run's
-  workdir, or its checkpoints/ directory (latest step). Also returns the export metadata ({} for checkpoints)."""
-  if os.path.exists(os.path.join(path, "metadata.json")):
-    with open(os.path.join(path, "metadata.json")) as f:
-      metadata = json.load(f)
-    return _flatten(_restore_numpy(os.path.join(path, "params"))), metadata
-  ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-  manager = ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=ocp.CheckpointManagerOptions(read_only=True))
+  workdir, or its checkpoints/ directory (latest step), local or on GCS. Also returns the export metadata ({} for
+  checkpoints)."""
+  root = _local_or_remote(path)
+  if (root / "metadata.json").exists():
+    metadata = json.loads((root / "metadata.json").read_text())
+    return _flatten(_restore_numpy(str(root / "params"))), metadata
+  ckpt_dir = str(root / "checkpoints") if (root / "checkpoints").is_dir() else str(root)
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from={path!r}: neither an export (metadata.json) nor a checkpoint directory")
@@ -140,11 +147,12 @@ def load_source_params(path: str) -> tuple[dict[str, np.ndarray], dict]:
   """Flat params of any checkpoint `init_from` accepts: an export directory, a run directory (its latest
   checkpoint), or an official PyTorch `.pth` file (read without torch or code execution). Also returns what is
   known about the source (export metadata, the step, or the .pth's args)."""
-  if os.path.isfile(path):
+  where = _local_or_remote(path)
+  if where.is_file():
     from spectralgpt_jax.interop import loader
     params, args = loader.read_reference_params(path)
     return params, {"format": "pth", "args": args}
-  if not os.path.exists(path):
+  if not where.exists():
     raise FileNotFoundError(f"init_from={path!r}: no such file or directory")
   params, metadata = load_model_params(path)
   return params, {"format": "export" if "format" in metadata else "run", **metadata}

@@ -28,9 +28,14 @@ HOST_KEYS = ("id",)      # batch entries that stay numpy on the host (strings ca
 
 def make_eval_fn(graphdef, key: jax.Array, task, state_shardings, batch_sharding) -> Callable:
   replicated = sharding.replicated(batch_sharding.mesh)
-  return jax.jit(functools.partial(steps.eval_step, graphdef, key, task),
-                 in_shardings=(state_shardings, batch_sharding, replicated),
-                 out_shardings={"sums": replicated, "rows": batch_sharding})
+  jitted = jax.jit(functools.partial(steps.eval_step, graphdef, key, task),
+                   in_shardings=(state_shardings, batch_sharding, replicated),
+                   out_shardings={"sums": replicated, "rows": batch_sharding})
+
+  def eval_fn(*args):
+    with jax.set_mesh(batch_sharding.mesh):   # traced under the mesh: the models' activation constraints apply
+      return jitted(*args)
+  return eval_fn
 
 
 def gather_rows(rows: dict[str, jax.Array]) -> dict[str, np.ndarray]:

@@ -11,8 +11,10 @@ What happens, in order (big_vision style, the task plug-in does the rest; see sp
           5. the loop runs; every `log_every` steps the metrics of the interval are fetched (the only host sync),
              checked for non-finite values and written; evaluations (dataset-level metrics), previews and async
              checkpoints happen at their intervals,
-  finish  6. final checkpoint, final evaluation into DIR/eval/, params-only export with metadata.json.
-`mode=eval` runs setup and one evaluation of `init_from` (or of DIR's latest checkpoint) into DIR/eval/.
+  finish  6. final checkpoint, final evaluation into DIR/eval/ (when eval_every > 0), params-only export with
+             metadata.json.
+`mode=eval` runs setup and one evaluation of `init_from` (or of DIR's latest checkpoint) into DIR/eval/, which
+then also holds that evaluation's config.json.
 SIGTERM (TPU preemption, SLURM time limit) makes the loop save a checkpoint at the current step and return.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from flax import nnx
 
 from spectralgpt_jax import export, sharding
 from spectralgpt_jax.data import bands as band_registry
+from spectralgpt_jax.interop import CheckpointMismatchError
 from spectralgpt_jax.train import checkpointing, config_checks, evaluation, images, metrics, optim, resume, steps
 from spectralgpt_jax.train import state as state_lib
 from spectralgpt_jax.train.resume import StopSignal
@@ -108,7 +111,10 @@ def setup(config, workdir: str, make_iterator: Callable[..., Iterator] | None = 
 
   make_iterator = make_iterator or plan.task.iterator
   make = functools.partial(make_iterator, config.data, sharding=sharding.batch_sharding(mesh), seed=config.seed)
-  writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard)
+  # An evaluation keeps its files under DIR/eval, so evaluating inside a training run's directory leaves the
+  # run's own config.json and metrics.jsonl untouched.
+  log_dir = os.path.join(workdir, "eval") if evaluating else workdir
+  writer = metrics.MetricWriter(log_dir, tensorboard=config.tensorboard and not evaluating)
   key = jax.random.key(config.seed)
   keys = tuple(jax.random.fold_in(key, i) for i in range(3))
   r = Run(config=config, workdir=workdir, plan=plan, mesh=mesh, sharded=sharded, state=sharded.state, start_step=0,
@@ -117,7 +123,7 @@ def setup(config, workdir: str, make_iterator: Callable[..., Iterator] | None = 
     _load_for_eval(r)
   else:
     _restore_or_init(r)
-  writer.write_config(workdir, config.to_json_best_effort(indent=2))
+  writer.write_config(log_dir, config.to_json_best_effort(indent=2))
   return r
 
 
@@ -139,10 +145,14 @@ def _restore_or_init(r: Run) -> None:
   elif config.init_from:
     r.state, _ = checkpointing.init_from(r.state, config.init_from, r.plan.model, arch=config.model.name,
                                          strict=config.get("strict_init", True))
+  elif r.task.name != "pretrain":
+    logging.warning("config.init_from is empty: fine-tuning %s from a random initialisation (the paper starts "
+                    "from a pretrained SpectralGPT checkpoint)", r.task.name)
 
 
 def _load_for_eval(r: Run) -> None:
-  """Eval mode: the model of `init_from`, else of DIR's latest training checkpoint."""
+  """Eval mode: the model of `init_from`, else of DIR's latest training checkpoint. Every parameter must come from
+  the checkpoint: a fresh (random) head would be scored as if it had been trained."""
   source = r.config.init_from
   if not source:
     ckpt_dir = os.path.join(r.workdir, "checkpoints")
@@ -150,8 +160,14 @@ def _load_for_eval(r: Run) -> None:
       raise config_checks.ConfigError("config.init_from: mode=eval needs a checkpoint to evaluate (an export or "
                                       "run directory, or an official .pth file), and --workdir has none")
     source = r.workdir
-  r.state, _ = checkpointing.init_from(r.state, source, r.plan.model, arch=r.config.model.name,
-                                       strict=r.config.get("strict_init", True))
+  strict = r.config.get("strict_init", True)
+  r.state, report = checkpointing.init_from(r.state, source, r.plan.model, arch=r.config.model.name, strict=strict)
+  fresh = report.initialised + report.interpolated
+  if fresh and strict:
+    raise CheckpointMismatchError(
+        f"mode=eval: {source} does not hold a trained {r.task.name} model: {len(fresh)} parameters would be "
+        f"random or resized ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''}); pass "
+        "--config.init_from=<a fine-tuned run, export or .pth> (or --config.strict_init=False)", report)
   r.start_step = 0
 
 
@@ -171,7 +187,6 @@ def evaluate_checkpoint(r: Run) -> dict[str, Any]:
   split = r.config.data.get("eval_split", "val")
   evaluation.write_outputs(os.path.join(r.workdir, "eval"), evaluator, result, split=split,
                            checkpoint=r.config.init_from or r.workdir, task=r.task.name)
-  r.writer.write(0, {f"val_{k}": v for k, v in evaluation.scalars(result).items()})
   r.writer.close()
   return {"mode": "eval", "workdir": r.workdir, "eval": result}
 

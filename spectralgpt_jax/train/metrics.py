@@ -30,7 +30,6 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._file = open(self.path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter   # imported lazily: only process 0 writes events
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -39,6 +38,8 @@ class MetricWriter:
     if not self.active:
       return
     clean = {k: _scalar(v) for k, v in values.items()}
+    if self._file is None:    # opened on the first row: a run that logs nothing leaves no empty file
+      self._file = open(self.path, "a", buffering=1)
     self._file.write(json.dumps({"step": int(step), **clean}) + "\n")
     if self._tb is not None:
       for key, value in clean.items():

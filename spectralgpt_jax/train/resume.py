@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from spectralgpt_jax.train import checkpointing, config_checks
 
-# What defines the state and the experiment of a run (schedule, logging and eval settings may change on resume).
+# What defines the state and the experiment of a run (schedule, logging and eval settings may change on resume,
+# and so may how attention is computed: another implementation of the same maths, e.g. on other hardware).
 IDENTITY_PREFIXES = ("task", "model.", "data.name")
+NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk")
 
 
 def _flat(tree, prefix: str = "") -> dict[str, object]:
@@ -36,7 +38,8 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
 
 
 def _identity(flat: dict[str, object]) -> dict[str, object]:
-  return {k: v for k, v in flat.items() if k == "task" or k.startswith(IDENTITY_PREFIXES)}
+  return {k: v for k, v in flat.items()
+          if (k == "task" or k.startswith(IDENTITY_PREFIXES)) and k not in NOT_IDENTITY}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -55,10 +58,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 def check_same_run(workdir: str, config, ckpt_dir: str, step: int, sharded, *, strict: bool = True) -> None:
   """Raise ConfigError if `workdir` was started with another task / model / dataset, or if its checkpoint's
   parameter shapes do not fit the model."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+  path = epath.Path(workdir) / "config.json"
+  if path.exists():
+    saved = json.loads(path.read_text())
     current = json.loads(config.to_json_best_effort())
     diffs = config_differences(saved, current)
     if diffs and strict:

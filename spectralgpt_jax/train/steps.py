@@ -110,7 +110,8 @@ def compile_train_step(fn: Callable, state: Any, state_shardings: Any, batch: di
   jitted = jax.jit(fn, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
                    donate_argnums=0)
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding), batch)
-  compiled = jitted.lower(state, abstract_batch).compile()
+  with jax.set_mesh(batch_sharding.mesh):     # the models' activation constraints (sharding.constrain) need it
+    compiled = jitted.lower(state, abstract_batch).compile()
   try:
     memory = compiled.memory_analysis()
   except Exception:   # not every backend implements it

@@ -87,6 +87,14 @@ def test_eval_mode_reproduces_the_final_evaluation_from_run_and_export_dirs(runs
       np.testing.assert_allclose(got[key], trained[key], rtol=1e-6, err_msg=key)
 
 
+def test_eval_mode_refuses_a_checkpoint_without_the_tasks_head(tmp_path):
+  mae = models.build("mae_vit_tiny", img_size=32)
+  export.save(tmp_path / "mae", mae, export.make_metadata("mae_vit_tiny", mae.cfg))
+  with pytest.raises(CheckpointMismatchError, match=r"mode=eval: .* does not hold a trained classification model: 2 "
+                     r"parameters would be random"):
+    loop.run(tl.tiny("classification", mode="eval", init_from=str(tmp_path / "mae")), str(tmp_path / "W"))
+
+
 def test_init_from_official_pth_reports_fresh_head_and_ignored_decoder(tmp_path, caplog):
   pth = os.path.join(tl.ROOT, "tests", "data", "reference", "mae_tiny.pth")   # official {'model': sd} layout
   c = tl.tiny("classification", init_from=pth, total_steps=2, eval_every=0, **{"model.img_size": 16,
@@ -173,8 +181,9 @@ def test_cli_eval_command_writes_the_contract_files(runs, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads((out / "eval" / "metrics.json").read_text())
   assert {"precision", "recall", "f1", "oa", "split", "num_examples"} <= set(result)
-  assert sorted(os.listdir(out / "eval")) == ["confusion_matrix.png", "metrics.json", "per_class.json",
-                                              "predictions.npz"]
+  assert sorted(os.listdir(out / "eval")) == ["config.json", "confusion_matrix.png", "metrics.json",
+                                              "per_class.json", "predictions.npz"]
+  assert not (out / "config.json").exists()               # an evaluation keeps everything under W/eval
   wide = models.build("mae_vit_tiny", img_size=32, embed_dim=48)        # another width: cannot be loaded
   export.save(tmp_path / "wide", wide, export.make_metadata("mae_vit_tiny", wide.cfg))
   bad = _main("--config=configs/finetune_oscd.py:demo", "--config.mode=eval",
