@@ -49,4 +49,5 @@ def get_config(arg=None):
     c.metrics.reference_patches = True
   elif variant == "demo":
     segmunich.dense_demo(c, arch="cd_vit_tiny", dataset="oscd", steps=400)
+    c.batch_size = 8                # two dates per example: half SegMunich's batch for the same step time
   return c

@@ -85,21 +85,32 @@ def build_scene(folder: str | None = None) -> np.ndarray:
   return out
 
 
-def scene_path() -> str:
-  """Path of the cached 10 m scene, building it on first use (atomic write; falls back to the temp dir)."""
-  for base in (cache_dir(), os.path.join(tempfile.gettempdir(), "spectralgpt_jax")):
-    path = os.path.join(base, CACHE_NAME)
-    if os.path.exists(path):
-      return path
+def cached_npy(name: str, build, bases=None) -> str:
+  """Path of the cache file `name` (.npy), built with `build()` on first use: the first of `bases` (default: the
+  user cache dir, then the temp dir) that holds it, else written atomically (temp name + rename) into the first
+  writable one."""
+  bases = bases or (cache_dir(), os.path.join(tempfile.gettempdir(), "spectralgpt_jax"))
+  for base in bases:
+    if os.path.exists(os.path.join(base, name)):
+      return os.path.join(base, name)
+  array = None
+  for base in bases:
+    path = os.path.join(base, name)
     try:
       os.makedirs(base, exist_ok=True)
+      array = build() if array is None else array
       tmp = f"{path}.{os.getpid()}.tmp.npy"  # np.save keeps a name ending in .npy as it is
-      np.save(tmp, build_scene())
+      np.save(tmp, array)
       os.replace(tmp, path)
       return path
     except OSError:
       continue
-  raise OSError("cannot write the demo scene cache to the user cache dir or the temp dir")
+  raise OSError(f"cannot write the demo cache {name} to any of {list(bases)}")
+
+
+def scene_path() -> str:
+  """Path of the cached 10 m scene, building it on first use (atomic write; falls back to the temp dir)."""
+  return cached_npy(CACHE_NAME, build_scene)
 
 
 def load_scene() -> np.ndarray:

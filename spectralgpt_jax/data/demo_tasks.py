@@ -106,21 +106,7 @@ def landcover_path() -> str:
   """Path of the cached land-cover map (next to the scene cache; atomic write; falls back to the temp dir)."""
   scene = demo.scene_path()
   bases = (os.path.dirname(scene), os.path.join(tempfile.gettempdir(), "spectralgpt_jax"))
-  for base in bases:
-    if os.path.exists(os.path.join(base, LANDCOVER_CACHE)):
-      return os.path.join(base, LANDCOVER_CACHE)
-  labels = build_land_cover(np.load(scene, mmap_mode="r"))
-  for base in bases:
-    path = os.path.join(base, LANDCOVER_CACHE)
-    try:
-      os.makedirs(base, exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.tmp.npy"  # np.save keeps a name ending in .npy as it is
-      np.save(tmp, labels)
-      os.replace(tmp, path)
-      return path
-    except OSError:
-      continue
-  raise OSError("cannot write the demo land-cover cache to the scene cache dir or the temp dir")
+  return demo.cached_npy(LANDCOVER_CACHE, lambda: build_land_cover(np.load(scene, mmap_mode="r")), bases)
 
 
 def load_land_cover() -> np.ndarray:

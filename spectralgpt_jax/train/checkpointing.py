@@ -91,12 +91,13 @@ class Checkpointer:
     self.manager.close()
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
+  """{"a": {"b": x}} -> {"a/b": x} (nested dicts, e.g. restored checkpoints or a config's JSON)."""
   out = {}
   for key, value in tree.items():
-    name = f"{prefix}/{key}" if prefix else str(key)
+    name = f"{prefix}{sep}{key}" if prefix else str(key)
     if isinstance(value, dict):
-      out.update(_flatten(value, name))
+      out.update(flatten(value, name, sep))
     else:
       out[name] = value
   return out
@@ -126,13 +127,13 @@ def load_model_params(path: str) -> tuple[dict[str, np.ndarray], dict]:
   root = _local_or_remote(path)
   if (root / "metadata.json").exists():
     metadata = json.loads((root / "metadata.json").read_text())
-    return _flatten(_restore_numpy(str(root / "params"))), metadata
+    return flatten(_restore_numpy(str(root / "params"))), metadata
   ckpt_dir = str(root / "checkpoints") if (root / "checkpoints").is_dir() else str(root)
   manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from={path!r}: neither an export (metadata.json) nor a checkpoint directory")
-  flat = _flatten(_restore_numpy(os.path.join(ckpt_dir, str(step), "state"), subtree="model"))
+  flat = flatten(_restore_numpy(os.path.join(ckpt_dir, str(step), "state"), subtree="model"))
   return _weights(flat), {"step": step}
 
 
@@ -184,4 +185,4 @@ def saved_shapes(ckpt_dir: str, step: int) -> dict[str, tuple[int, ...]]:
   """Model param shapes stored in a training checkpoint (read from its metadata, no array is loaded)."""
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(os.path.join(ckpt_dir, str(step), "state")).item_metadata.tree
-  return {name: tuple(meta.shape) for name, meta in _weights(_flatten(tree.get("model", {}))).items()}
+  return {name: tuple(meta.shape) for name, meta in _weights(flatten(tree.get("model", {}))).items()}

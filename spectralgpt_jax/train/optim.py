@@ -100,17 +100,11 @@ def make_schedule(opt_cfg, *, peak_lr: float, total_steps: int, warmup_steps: fl
 
 
 # ----------------------------------------------------------------------------------------------- parameter rules
-def _names(tree) -> list[str]:
-  """'/'-joined parameter names of an nnx.State of params (or of its gradients), in leaf order."""
-  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p if not hasattr(k, "name"))
-          for p in paths]
-
-
 def _map_named(fn: Callable[[str, jax.Array], object], tree):
-  """tree.map with each leaf's parameter name."""
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
-  return jax.tree_util.tree_unflatten(treedef, [fn(n, x) for n, x in zip(_names(tree), leaves)])
+  """tree.map with each leaf's parameter name ('/'-joined, e.g. "encoder/blocks/3/attn/q/kernel")."""
+  from spectralgpt_jax.train.state import param_name
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  return jax.tree_util.tree_unflatten(treedef, [fn(param_name(path), x) for path, x in flat])
 
 
 def decay_mask(params, *, decay_1d: bool = False, decay_pos_embed: bool = True):

@@ -26,17 +26,6 @@ IDENTITY_PREFIXES = ("task", "model.", "data.name")
 NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk")
 
 
-def _flat(tree, prefix: str = "") -> dict[str, object]:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}.{key}" if prefix else str(key)
-    if isinstance(value, dict):
-      out.update(_flat(value, name))
-    else:
-      out[name] = value
-  return out
-
-
 def _identity(flat: dict[str, object]) -> dict[str, object]:
   return {k: v for k, v in flat.items()
           if (k == "task" or k.startswith(IDENTITY_PREFIXES)) and k not in NOT_IDENTITY}
@@ -44,7 +33,7 @@ def _identity(flat: dict[str, object]) -> dict[str, object]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """'config.key=now (the run was started with before)' for every identity key that differs."""
-  old, new = _identity(_flat(saved)), _identity(_flat(current))
+  old, new = _identity(checkpointing.flatten(saved, sep=".")), _identity(checkpointing.flatten(current, sep="."))
   out = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<unset>"), new.get(key, "<unset>")

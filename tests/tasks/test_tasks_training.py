@@ -190,3 +190,26 @@ def test_cli_eval_command_writes_the_contract_files(runs, tmp_path):
               f"--config.init_from={tmp_path / 'wide'}", f"--workdir={tmp_path / 'bad'}", *small)
   assert bad.returncode != 0 and "Traceback" not in bad.stderr
   assert "Checkpoint error:" in bad.stderr and len(bad.stderr.strip().splitlines()[-1]) > 20
+
+
+def test_eval_of_an_official_format_oscd_pth_equals_its_export(tmp_path):
+  """The released OSCD file is a raw DataParallel state dict (`module.` keys): evaluate such a file directly and
+  through its converted export; the metrics and confusion matrices agree."""
+  sys.path.insert(0, os.path.join(tl.ROOT, "tests"))
+  from torch_zip import write_pth
+  from spectralgpt_jax.interop import keymap
+  c = tl.tiny("change_detection")
+  cd = models.build("cd_vit_tiny", img_size=32, embed_dim=32, depth=2, num_heads=2, neck_channels=(16, 16, 32, 64),
+                    fpn_channels=16, seed=4)
+  write_pth(tmp_path / "oscd.pth", {f"module.{k}": v for k, v in keymap.export_state_dict(cd).items()},
+            wrap_model=False)
+  export.save(tmp_path / "export", cd, export.make_metadata("cd_vit_tiny", cd.cfg))
+  results = {}
+  for name, source in (("pth", tmp_path / "oscd.pth"), ("export", tmp_path / "export")):
+    loop.run(tl.tiny("change_detection", mode="eval", init_from=str(source)), str(tmp_path / name))
+    results[name] = (json.loads((tmp_path / name / "eval" / "metrics.json").read_text()),
+                     np.load(tmp_path / name / "eval" / "predictions.npz")["confusion"])
+  for key in ("precision", "recall", "f1", "oa", "num_pixels"):
+    assert results["pth"][0][key] == pytest.approx(results["export"][0][key]), key
+  np.testing.assert_array_equal(results["pth"][1], results["export"][1])
+  assert c.model.name == "cd_vit_tiny"
