@@ -1,4 +1,5 @@
-r"""SpectralGPT masked-autoencoder pretraining (Hong et al., IEEE TPAMI 2024), reference recipe §4.
+r"""SpectralGPT masked-autoencoder pretraining (Hong et al., IEEE TPAMI 2024), with the reference recipe
+(danfenghong/IEEE_TPAMI_SpectralGPT: main_pretrain.py and its README commands).
 
 Variants (`get_config(arg)`, arg = "<dataset>[,<size>]" with size B | L | H, default B):
 

@@ -2,7 +2,7 @@
 
 `jax.distributed.initialize()` must run before any other JAX computation, only in the main training process of
 each host. It must NOT run
-  * in grain worker processes, which re-import the main module (google/grain#802; architecture.md pitfall 2),
+  * in grain worker processes, which re-import the main module (google/grain#802),
   * on a single host, where it is unnecessary and crashes on some platforms (big_vision's BV_JAX_INIT note),
   * twice.
 So it is opt-in: the launch scripts set SPECTRALGPT_DISTRIBUTED=1. On Cloud TPU pods, SLURM and Open MPI JAX

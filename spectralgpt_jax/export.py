@@ -22,7 +22,8 @@ from spectralgpt_jax.data import bands as band_registry
 FORMAT = "spectralgpt_jax.export/1"
 PARAMS_DIR = "params"
 
-# What the released pretraining checkpoints were trained on (spec §4.4, §5.2-5.3): per-image, per-band min-max.
+# What the released pretraining checkpoints were trained on (the reference's fMoW / BigEarthNet pretraining
+# datasets): per-image, per-band min-max.
 PRETRAIN_NORMALIZATION = {"name": "minmax_per_image", "eps": 1e-12,
                           "note": "per image and band: (x - min) / (max - min + eps), on raw reflectance values"}
 

@@ -5,8 +5,7 @@ The mesh always has the three axes ("data", "fsdp", "model"):
   fsdp   data parallelism that also shards params and optimizer state (ZeRO-3 style),
   model  tensor parallelism over attention heads and MLP hidden units.
 The batch is split over ("data", "fsdp"). Axis types are `Auto` and passed explicitly because `jax.make_mesh`
-defaults to Explicit axes in current JAX (architecture.md pitfall 20) and orbax does not preserve Explicit meshes
-(pitfall 13).
+defaults to Explicit axes in current JAX and orbax does not preserve Explicit meshes (google/orbax#2408).
 """
 from __future__ import annotations
 

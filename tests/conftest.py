@@ -30,3 +30,13 @@ def _demo_cache(tmp_path_factory):
     os.environ.pop("SPECTRALGPT_JAX_CACHE", None)
   else:
     os.environ["SPECTRALGPT_JAX_CACHE"] = old
+
+
+@pytest.fixture
+def fast_compiles():
+  """Faster XLA compiles for one test, restored afterwards (the training and task test directories use it for every
+  test; the parity tests keep the default optimisations)."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -8,13 +8,13 @@ from flax import nnx
 from spectralgpt_jax import models
 from spectralgpt_jax.models.mae import num_kept, random_masking, reconstruction_loss
 
-# Reference parameter counts (spec §2.3-2.4, measured on the PyTorch reference).
+# Reference parameter counts (measured on the PyTorch reference).
 REFERENCE_COUNTS = {
     "mae_vit_base_patch8_96": 98_496_960, "mae_vit_base_patch8_128": 98_640_320,
     "mae_vit_base_patch8_2tensor_128": 98_560_896, "mae_vit_large_patch8_96": 315_970_752,
     "mae_vit_large_patch8_128": 316_142_784, "mae_vit_huge_patch8_96": 643_558_336,
     "mae_vit_huge_patch8_128": 643_759_040,
-    "seg_vit_base_patch8_128": 109_244_946, "cd_vit_base_patch8_128": 109_219_591,   # spec §7.2
+    "seg_vit_base_patch8_128": 109_244_946, "cd_vit_base_patch8_128": 109_219_591,   # measured on the reference
 }
 ENCODER_COUNTS = {"mae_vit_base_patch8_128": 85_403_904, "mae_vit_large_patch8_128": 302_775_296,
                   "mae_vit_huge_patch8_128": 630_260_480, "mae_vit_base_patch8_96": 85_317_888}
@@ -89,7 +89,7 @@ def test_random_masking_properties():
 
 
 def test_2tensor_variant_runs_forward():
-  # The reference crashes on t_patch 2 (hard-coded 192, bug §10.1); shapes here derive from the config.
+  # The reference crashes on t_patch 2 (hard-coded 192); shapes here derive from the config.
   model = models.build("mae_vit_tiny_2tensor")
   out = model(jnp.ones((2, 16, 16, 12)), mask_ratio=0.75)
   assert out["pred"].shape == (2, 24, 128) and np.isfinite(float(out["loss"]))

@@ -8,7 +8,7 @@ import multiprocessing as _mp
 import os as _os
 
 # In a grain worker process (a multiprocessing child), keep JAX off the accelerators should anything import it:
-# each worker would otherwise grab GPU memory (google/grain#820; architecture.md pitfall 1).
+# each worker would otherwise grab GPU memory (google/grain#820).
 if _mp.parent_process() is not None:
   _os.environ.setdefault("JAX_PLATFORMS", "cpu")
   _os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

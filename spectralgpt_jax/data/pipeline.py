@@ -323,7 +323,7 @@ def build_iterator(
       ds = _apply(ds, op)
     ds = ds.batch(local_batch, drop_remainder=True)  # PaddedShard length is a multiple of the batch
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch)))
-  if workers > 0:  # never rely on mp_prefetch's default of 10 workers (architecture.md pitfall 4)
+  if workers > 0:  # never rely on mp_prefetch's default of 10 workers (grain's mp_prefetch docstring)
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
   it = it.map(ToGlobalArrays(sharding))
   if prefetch > 0:

@@ -1,7 +1,7 @@
 """numpy-only, picklable grain transforms on element dicts.
 
 Nothing here imports JAX: these objects are pickled into grain worker processes, and a worker that imports and
-initialises JAX grabs accelerator memory (architecture.md pitfall 1).
+initialises JAX grabs accelerator memory (google/grain#820).
 
 Each geometric transform acts on the image keys it is given (`image`, or `image1`/`image2`) and on the
 label-map keys (`mask`, `change`) with nearest-neighbour logic, so image and labels stay aligned.

@@ -42,7 +42,7 @@ TASKS = {"mae": "pretrain", "vit": "classification", "seg": "segmentation", "cd"
 
 def task_metadata(cfg: ModelConfig) -> dict:
   """What a user of the converted weights must know beyond the architecture: the task, the class names (SegMunich's
-  13 / OSCD's 2 when the head has that many outputs) and the reference's input preparation (spec §5.5-5.6).
+  13 / OSCD's 2 when the head has that many outputs) and the reference's input preparation.
   Pretraining and classification keep export's default normalisation (per-image min-max); a classifier's class
   names are not in its checkpoint."""
   kind = cfg.kind

@@ -1,4 +1,4 @@
-"""Names and layouts: reference PyTorch state-dict keys <-> our NNX parameter paths (spec §8).
+"""Names and layouts: reference PyTorch state-dict keys <-> our NNX parameter paths.
 
 Linear `weight [out, in]` is our `kernel [in, out]`; LayerNorm / GroupNorm `weight` is `scale`; the Conv3d patch
 embedding `weight [D, 1, t, p, p]` is our Dense `kernel [t*p*p, D]` (same pixel-vector order); position embeddings

@@ -1,6 +1,6 @@
 """Load official SpectralGPT `.pth` checkpoints into our NNX models, strictly and with a readable report.
 
-Cases (spec §4.3, §6.1, §7, §8): MAE -> MAE; MAE -> classifier / seg / cd (encoder only; decoder and mask token are
+Cases: MAE -> MAE; MAE -> classifier / seg / cd (encoder only; decoder and mask token are
 set aside, the task head starts fresh); classifier -> classifier (a joint `pos_embed` key switches on the reference
 pooling/pos-embed behaviour so the logits are reproduced); SegMunich / OSCD models -> seg / cd; a 96 px checkpoint
 into a 128 px model (spatial position embeddings re-initialised as the reference's `--resume_different_size`, or

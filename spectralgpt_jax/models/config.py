@@ -2,7 +2,8 @@
 
 Field names follow the reference constructors (`img_size`, `patch_size`, `num_frames`, `t_patch_size`, `embed_dim`,
 `depth`, `num_heads`, `decoder_*`, `mlp_ratio`, `num_classes`) so that overrides read like the PyTorch factories.
-Every shape in the models is derived from these fields; nothing is hard-coded (reference bug §10.1).
+Every shape in the models is derived from these fields; nothing is hard-coded (the reference hard-codes 192 and 4
+groups in its loss).
 """
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ class ModelConfig:
   norm_pix_loss: bool = False            # per-patch normalised target for the masked term only (as the reference)
   masked_loss_weight: float = 1.0
   spectral_loss_weight: float = 1.0
-  reference_pooling: bool = False        # classifier: pool tokens[:, 1:] as the reference (bug §10.7)
-  reference_pos_embed: bool = False      # classifier: joint zero-init `pos_embed` as the reference (bug §10.8)
+  reference_pooling: bool = False        # classifier: pool tokens[:, 1:] as the reference (a bug, docs/deviations.md)
+  reference_pos_embed: bool = False      # classifier: joint zero-init `pos_embed` as the reference (docs/deviations.md)
   pos_embed_resize: str = "reinit"       # loading at another image size: re-init spatial pos-embeds, or interpolate
-  # seg / cd head (spec §7.2). neck_channels: widths of the four 1x1 branch convs (+ GroupNorm(32)) on the merged
+  # seg / cd head. neck_channels: widths of the four 1x1 branch convs (+ GroupNorm(32)) on the merged
   # [N, h, w, D] map; the branches then upsample by 8, 4, 2, 1 to the FPN inputs of widths C/8, C/4, C/2, C with
   # C = neck_channels[3] (the reference's FPNHEAD(channels=2048) derives its input widths the same way).
   neck_channels: tuple[int, ...] = (512, 512, 1024, 2048)
@@ -156,7 +157,7 @@ def _variants() -> dict[str, dict[str, Any]]:
   v["mae_vit_tiny_2tensor"] = dict(v["mae_vit_tiny"], t_patch_size=2)
 
   # Classifier factories of models_vit_tensor.py that are consistent with the released MAE checkpoints
-  # (t_patch 3, patch 8). The reference's t_patch-12 `vit_huge_patch8_128` cannot load the huge MAE (§10.10):
+  # (t_patch 3, patch 8). The reference's t_patch-12 `vit_huge_patch8_128` cannot load the huge MAE:
   # ours uses t_patch 3 so it can.
   for size in ("base", "large", "huge"):
     d, depth, heads = _SIZES[size]

@@ -1,6 +1,7 @@
 """Segmentation (`SegmentationViT`, SegMunich) and siamese change detection (`ChangeDetectionViT`, OSCD).
 
-Both follow the reference downstream models (spec §7): the encoder's last-block tokens (no final norm) -> learned
+Both follow the reference downstream models (downstream_tasks/SegMunich/src/models_vit_tensor_CD_2.py and
+downstream_tasks/OSCD/model/models_vit_tensor_CD.py): the encoder's last-block tokens (no final norm) -> learned
 spectral merge T' -> 1 -> [N, h, w, D] map -> four-branch neck -> PPM + FPN head -> 3x3 classifier at 8x the patch
 grid. Change detection runs both dates through the same encoder and merge and decodes the plain difference
 f(x1) - f(x2). Both return raw logits [N, H, W, K] in float32 (the reference's OSCD model ends in LogSoftmax).

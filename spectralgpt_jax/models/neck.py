@@ -1,4 +1,4 @@
-"""Dense-prediction head of the segmentation and change-detection models (SegMunich / OSCD, spec §7.1-7.2).
+"""Dense-prediction head of the segmentation and change-detection models (SegMunich / OSCD).
 
 merged [N, h, w, D] --neck--> m0..m3 at 8x, 4x, 2x, 1x the patch grid --FPN--> [N, 8h, 8w, F] --3x3 conv--> logits.
 
@@ -10,8 +10,8 @@ at scale 1, bias 0; the spectral merge is a Linear and starts as the encoder's L
 
 Feature maps are pinned to "batch-sharded, channels whole" (`sharding.constrain`) when traced under a mesh:
 left to XLA's propagation, the small maps, slices and concatenations got layouts with wrong gradients on a
-(2, 2, 2) mesh. Logical axes: "embed" is the encoder width entering the neck, "channels_in" / "channels" the input / output
-channels of every other conv (sharded like the transformer's "embed" / "mlp" pair), "norm" the GroupNorm vectors.
+(2, 2, 2) mesh. Logical axes: "embed" is the encoder width entering the neck, "channels_in" / "channels" the input /
+output channels of every other conv (sharded like the transformer's "embed" / "mlp" pair), "norm" the GroupNorm vectors.
 """
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 
 Losses (reference main_finetune / engine_finetune*): single-label uses soft-target cross-entropy on the mixup /
 cutmix / label-smoothing `targets` the data pipeline writes (plain cross-entropy on integer labels when mixing is
-off, which the reference's SoftTargetCrossEntropy could not do, bug §10.16); multi-label uses
+off, which the reference's SoftTargetCrossEntropy could not do, a reference bug); multi-label uses
 MultiLabelSoftMarginLoss = mean over examples and classes of the binary cross-entropy with logits.
 Evaluation gathers every example's class probabilities and computes, once per pass over the split:
 top-1 / top-5 accuracy (single-label); macro-mAP (mean per-class AP over the classes with at least one positive)
 and micro-mAP (AP of all N x C scores) (multi-label). The reference computed micro-mAP per batch and averaged it
-(bug §10.23); `config.metrics.reference_map=True` adds that number as `reference_micro_map` for comparison.
+(a reference bug); `config.metrics.reference_map=True` adds that number as `reference_micro_map` for comparison.
 """
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ scene with a smooth weight window (`tasks.scenes`); when a scene's last window h
 with the scene's label map, so every pixel of every scene is counted exactly once, whatever the window overlap,
 batch size or number of processes. A single 128 px window per 128 px SegMunich tile is the special case where
 blending is the identity.
-`config.metrics.reference_patches=True` reproduces the reference OSCD test instead (bug §10.24): every stride-63
-window counted on its own (overlapping pixels counted several times) and the windows of an incomplete last batch
-dropped (`drop_last`).
+`config.metrics.reference_patches=True` reproduces the reference OSCD test instead: every stride-63 window counted
+on its own (overlapping pixels counted several times) and the windows of an incomplete last batch dropped (its test
+loader's `drop_last`).
 """
 from __future__ import annotations
 

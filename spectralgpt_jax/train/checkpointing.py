@@ -5,7 +5,8 @@ Training checkpoints (orbax `CheckpointManager` under DIR/checkpoints/<step>/) h
   data   the grain iterator position, one JSON per process (so a resumed run reads exactly the next batch).
 Saves are asynchronous (training continues while arrays are written) and atomic (a step directory appears only
 when complete), the `LatestN` preservation policy keeps the last `keep` steps. Restores build their target from
-the *current* mesh, so a checkpoint written on one mesh loads onto any other (architecture.md pitfall 11).
+the *current* mesh, so a checkpoint written on one mesh loads onto any other (restoring
+with the saved shardings fails on another device count: google/orbax#648, #1110).
 
 Exports (DIR/export/, written with `spectralgpt_jax.export`, the format the `.pth` converter also writes) hold the
 model params only plus metadata.json. `init_from` fills a new run's model from an export, a run directory or an
@@ -80,7 +81,7 @@ class Checkpointer:
     return state, data_restored
 
   def wait(self) -> None:
-    """Block until pending async saves are durable (call before exiting: architecture.md pitfall 9)."""
+    """Block until pending async saves are durable (call before exiting, or the last async save may be partial)."""
     self.manager.wait_until_finished()
 
   def reached_preemption(self, step: int) -> bool:

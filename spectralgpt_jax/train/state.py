@@ -41,7 +41,7 @@ class ShardedState:
   shardings: Any
 
   def abstract(self) -> Any:
-    """ShapeDtypeStructs with the *current* mesh's shardings: the restore target (architecture.md pitfall 11)."""
+    """ShapeDtypeStructs with the *current* mesh's shardings: the restore target (google/orbax#1110)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.shardings)
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tests/: shared helpers
+from config_overrides import set_dotted  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {"classification": "finetune_eurosat", "multilabel": "finetune_bigearthnet",
@@ -18,16 +22,6 @@ def config_module(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-def set_dotted(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
 
 
 def tiny(kind: str, arg: str = "demo", **overrides) -> ml_collections.ConfigDict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 
 import grain
@@ -12,6 +13,9 @@ import ml_collections
 import numpy as np
 
 from spectralgpt_jax.data import pipeline
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tests/: shared helpers
+from config_overrides import set_dotted  # noqa: E402
 
 TINY_MODEL = "mae_vit_tiny"     # 16 px, 12 bands, embed 32, depth 2, decoder 16 x 1
 
@@ -37,19 +41,14 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
                                           seconds_per_example=0.0, as_if_processes=1))
   c.optimizer.update(dict(blr=1.5e-2, lr=0.0, min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
                           clip_grad_norm=0.0, accum_steps=1))
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+  return set_dotted(c, overrides)
 
 
 def pretrain_task(mask_ratio: float = 0.75, **model_fields):
   """The MAE task of the tiny config with `model_fields` overrides (e.g. depth=1)."""
   from spectralgpt_jax import tasks
-  return tasks.get(tiny_config(**{"model.mask_ratio": mask_ratio, **{f"model.{k}": v for k, v in model_fields.items()}}))
+  fields = {f"model.{k}": v for k, v in model_fields.items()}
+  return tasks.get(tiny_config(**{"model.mask_ratio": mask_ratio, **fields}))
 
 
 def synthetic_images(n: int, size: int, seed: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Shared base of our TF-free tfds builders.
 
 Every builder is a `GeneratorBasedBuilder` writing ArrayRecord with `Tensor` features only (tfds `Image`
-features need TensorFlow to encode; datasets.md §2.3). The images are stored as uint16 in canonical band order;
+features need TensorFlow to encode). The images are stored as uint16 in canonical band order;
 the band list goes into the dataset metadata (`info.metadata["bands"]`). Variable-size images use zlib-encoded
 tensors (tfds requires an encoding for more than one unknown dimension).
 
