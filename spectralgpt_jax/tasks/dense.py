@@ -41,6 +41,10 @@ class DenseTask(base.Task):
   label_key = ""
   metric_keys = ("reference_patches",)
 
+  def __init__(self, config):
+    super().__init__(config)
+    self._eval_windows = None
+
   def forward(self, model, batch, *, train: bool, rngs=None) -> jnp.ndarray:
     raise NotImplementedError
 
@@ -63,10 +67,12 @@ class DenseTask(base.Task):
     return total / jnp.maximum(weight, 1e-12), {}
 
   def eval_windows(self):
-    """The evaluation source (SceneWindows): its scene shapes and window list drive the evaluator."""
-    from spectralgpt_jax.data import pipeline
-    source, _ = pipeline.make_source(self.config.data, self.config.data.eval_split, train=False)
-    return source
+    """The evaluation source (SceneWindows): its scene shapes and window list drive the evaluator. Built once per
+    run (finding the scene sizes reads every scene of sources without a fixed size)."""
+    if self._eval_windows is None:
+      from spectralgpt_jax.data import pipeline
+      self._eval_windows, _ = pipeline.make_source(self.config.data, self.config.data.eval_split, train=False)
+    return self._eval_windows
 
   def evaluator(self) -> base.Evaluator:
     windows = self.eval_windows()
