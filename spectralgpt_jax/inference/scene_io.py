@@ -1,0 +1,372 @@
+"""Scene inputs for inference: open a scene in any supported form and read windows of it on one grid.
+
+Forms (decided by the path; see `scene_sources.input_kind`): a multi-band GeoTIFF / COG whose bands are named by
+their descriptions or by `bands=` (the --bands flag); a folder of single-band files named by band; a Sentinel-2
+L1C / L2A .SAFE product; a local STAC item JSON. Band-per-file forms keep every band at its native resolution on
+disk and resample it on the fly, bilinearly in map coordinates, onto the 10 m grid of the finest band, through a
+GDAL WarpedVRT: a window read warps only the source pixels under that window, so memory is bounded by the window,
+never by the scene. Bands already on the output grid's pixel lattice are read directly (bit-exact).
+
+Validity. Multi-band rasters follow GDAL's dataset mask (nodata: a pixel is invalid when all its bands are nodata;
+internal masks; alpha). Band-per-file Sentinel-2 forms treat 0 (the products' NODATA value) or the file's own
+nodata as nodata *per band*: the warp leaves those pixels out of the interpolation (no dark fringes where a 20 m
+band meets the swath edge) and a pixel is valid only when every requested band is; in particular zeros in all bands
+are invalid. Everywhere: non-finite values and pixels outside a band's footprint are invalid, and the returned
+data is 0 wherever `valid` is False.
+
+Datasets are GDAL handles: use one Scene from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from typing import Sequence
+
+import affine
+import numpy as np
+import rasterio
+import rasterio.coords
+import rasterio.crs
+import rasterio.errors
+import rasterio.transform
+import rasterio.warp
+import rasterio.windows
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.vrt import WarpedVRT
+
+from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.inference import scene_sources
+from spectralgpt_jax.inference.band_names import canonical_band_name  # noqa: F401  (part of this module's API)
+from spectralgpt_jax.inference.scene_sources import SceneError
+
+__all__ = ["SceneError", "Scene", "canonical_band_name", "open_scene", "require_bands"]
+
+FINE_BANDS = ("B02", "B03", "B04", "B08")  # the 10 m bands; the output grid of band-per-file forms is one of theirs
+KIND_LABELS = {"folder": "band folder", "safe": "Sentinel-2 .SAFE", "stac": "STAC item"}
+_ALPHA_VALID = 127.5  # warp alpha is 0 or 255 for bilinear; the midpoint keeps any partial value conservative
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+  crs: rasterio.crs.CRS
+  transform: affine.Affine
+  width: int
+  height: int
+
+
+class _Source:
+  """One opened dataset and the output-grid pixel where its pixel (0, 0) lies: a file already on the output grid's
+  lattice (any integer offset) or a WarpedVRT onto the output grid (offset 0)."""
+
+  def __init__(self, path, dataset, indexes, offset=(0, 0), alpha=None, band_nodata=None, owned=()):
+    self.path, self.dataset, self.indexes, self.offset = path, dataset, dict(indexes), offset
+    self.alpha = alpha  # band index of the warp's validity alpha, else None
+    self.band_nodata = band_nodata  # band files: per-band nodata value; None: the dataset mask (multi-band rasters)
+    self.owned = list(owned)  # datasets under a WarpedVRT, closed with it
+
+  def read(self, names, col, row, width, height):
+    """(float32 [h, w, len(names)], valid [h, w]) for an output-grid window; outside the dataset: 0 and invalid."""
+    data = np.zeros((height, width, len(names)), np.float32)
+    valid = np.zeros((height, width), bool)
+    ds, (ox, oy) = self.dataset, self.offset
+    c0, r0 = max(col, ox), max(row, oy)
+    c1, r1 = min(col + width, ox + ds.width), min(row + height, oy + ds.height)
+    if c1 <= c0 or r1 <= r0:
+      return data, valid
+    window = rasterio.windows.Window(c0 - ox, r0 - oy, c1 - c0, r1 - r0)
+    indexes = [self.indexes[n] for n in names] + ([self.alpha] if self.alpha else [])
+    try:
+      block = ds.read(indexes, window=window, out_dtype=np.float32)
+      if self.alpha:
+        ok = block[-1] >= _ALPHA_VALID
+        block = block[:-1]
+      elif self.band_nodata is not None:
+        ok = _not_nodata(block, self.band_nodata).all(axis=0) & self._mask(window)
+      else:
+        ok = self._mask(window)
+    except rasterio.errors.RasterioError as e:
+      raise SceneError(f"{self.path}: read failed ({_one_line(e)})") from None
+    data[r0 - row : r1 - row, c0 - col : c1 - col] = np.moveaxis(block, 0, -1)
+    valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
+    return data, valid
+
+  def _mask(self, window) -> np.ndarray:
+    ds = self.dataset
+    if all(MaskFlags.all_valid in flags for flags in ds.mask_flag_enums):
+      return np.ones((window.height, window.width), bool)
+    return ds.dataset_mask(window=window) > 0
+
+  def close(self) -> None:
+    for ds in [self.dataset, *self.owned]:
+      ds.close()
+
+
+def _not_nodata(block: np.ndarray, nodata: float) -> np.ndarray:
+  return ~np.isnan(block) if math.isnan(nodata) else block != np.float32(nodata)
+
+
+@dataclasses.dataclass(eq=False)
+class Scene:
+  """An opened scene on one output grid. Use as a context manager (or call close()): it holds GDAL datasets."""
+
+  source: str  # the path the user gave
+  crs: rasterio.crs.CRS
+  transform: affine.Affine  # of the output grid (the scene's 10 m grid, or the grid= scene's)
+  width: int
+  height: int
+  bands: tuple[str, ...]  # canonical names available, in canonical order (B10 included when present)
+  kind: str = "raster"  # raster / folder / safe / stac
+  resampled_onto: str | None = None  # the grid= scene's source, when this scene was resampled onto it
+  _sources: dict = dataclasses.field(default_factory=dict, repr=False)  # band -> _Source
+  _zero_is_nodata: bool = dataclasses.field(default=False, repr=False)
+  _driver: str = dataclasses.field(default="", repr=False)
+
+  def read(self, bands: Sequence[str], window: rasterio.windows.Window) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [h, w, len(bands)] in the requested band order, and valid bool [h, w]. The window is in output-grid
+    pixels and may extend beyond the scene on any side (pixels outside are invalid and 0)."""
+    names = list(bands)
+    if self.bands and not self._sources:
+      raise ValueError(f"{self.source}: the scene is closed")
+    missing = [b for b in names if b not in self._sources]
+    if missing:
+      raise SceneError(f"{self.source}: bands {missing} are not in this scene (available: {','.join(self.bands)})")
+    col, row, width, height = _window_ints(window)
+    data = np.zeros((height, width, len(names)), np.float32)
+    valid = np.zeros((height, width), bool)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + width, self.width), min(row + height, self.height)
+    if c1 <= c0 or r1 <= r0 or not names:
+      return data, valid
+    inner = data[r0 - row : r1 - row, c0 - col : c1 - col]
+    ok = np.ones(inner.shape[:2], bool)
+    groups: dict[int, tuple[_Source, list[int]]] = {}
+    for i, name in enumerate(names):  # one read per dataset: a multi-band file reads all its bands at once
+      groups.setdefault(id(self._sources[name]), (self._sources[name], []))[1].append(i)
+    for source, positions in groups.values():
+      block, block_ok = source.read([names[i] for i in positions], c0, r0, c1 - c0, r1 - r0)
+      inner[..., positions] = block
+      ok &= block_ok
+    ok &= np.isfinite(inner).all(axis=-1)
+    if self._zero_is_nodata:
+      ok &= (inner != 0).any(axis=-1)
+    inner[~ok] = 0
+    valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
+    return data, valid
+
+  @property
+  def bounds(self) -> rasterio.coords.BoundingBox:
+    """(left, bottom, right, top) of the output grid, in the scene CRS."""
+    return rasterio.coords.BoundingBox(*rasterio.transform.array_bounds(self.height, self.width, self.transform))
+
+  @property
+  def resolution(self) -> float:
+    return math.hypot(self.transform.a, self.transform.d)
+
+  def describe(self) -> str:
+    kind = KIND_LABELS.get(self.kind) or f"{self._driver or 'raster'} raster"
+    unit = "m" if self.crs.is_projected else "deg"
+    onto = f", resampled onto the grid of {self.resampled_onto}" if self.resampled_onto else ""
+    return (f"{kind} {self.source}: {self.width}x{self.height} px at {self.resolution:g} {unit}, "
+            f"{self.crs.to_string()}, bands {','.join(self.bands)}{onto}")
+
+  def close(self) -> None:
+    for source in {id(s): s for s in self._sources.values()}.values():
+      source.close()
+    self._sources = {}
+
+  def __enter__(self) -> Scene:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _window_ints(window) -> tuple[int, int, int, int]:
+  values = (window.col_off, window.row_off, window.width, window.height)
+  ints = tuple(int(round(v)) for v in values)
+  if any(abs(v - i) > 1e-6 for v, i in zip(values, ints)) or ints[2] < 0 or ints[3] < 0:
+    raise ValueError(f"scene windows are whole output pixels with non-negative size, got {window}")
+  return ints
+
+
+def require_bands(scene: Scene, needed: Sequence[str], what: str) -> None:
+  """SceneError unless the scene has every band `what` (e.g. "the checkpoint runs/x/export") needs."""
+  missing = [b for b in needed if b not in scene.bands]
+  if missing:
+    raise SceneError(f"{scene.source}: {what} needs bands {','.join(missing)}, which the scene lacks "
+                     f"(it has {','.join(scene.bands) or 'none'})")
+
+
+def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | None = None) -> Scene:
+  """Open a scene. `bands` names a multi-band raster's bands in file order (only needed when its descriptions do
+  not); `grid` resamples every band onto another scene's grid instead of this scene's own 10 m grid."""
+  path = os.fspath(path)
+  if not path.startswith("/vsi") and not os.path.exists(path):
+    raise SceneError(f"{path}: no such file or directory")
+  target = None if grid is None else _Grid(grid.crs, grid.transform, grid.width, grid.height)
+  kind = scene_sources.input_kind(path)
+  if kind == "raster":
+    return _open_raster(path, bands, target, grid)
+  if bands is not None:
+    raise SceneError(f"{path}: --bands names the bands of a multi-band raster; a {KIND_LABELS[kind]} is read by "
+                     f"the band names of its files, drop --bands")
+  finders = {"safe": scene_sources.safe_bands, "folder": scene_sources.folder_bands, "stac": scene_sources.stac_bands}
+  return _open_band_files(path, kind, finders[kind](path), target, grid)
+
+
+def _open(path: str):
+  """A georeferenced rasterio dataset, or a one-line SceneError naming the file."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+      ds = rasterio.open(path)
+  except (rasterio.errors.RasterioError, OSError) as e:
+    raise SceneError(f"{path}: not a readable raster ({_one_line(e)})") from None
+  if ds.crs is None or ds.transform == affine.Affine.identity():
+    ds.close()
+    raise SceneError(f"{path}: has no georeferencing (no CRS or no geotransform); cannot place it on a map grid")
+  return ds
+
+
+def _offset_on(ds, grid: _Grid) -> tuple[int, int] | None:
+  """Integer output-grid position of `ds`'s pixel (0, 0) when ds lies on the grid's pixel lattice, else None."""
+  t, g = ds.transform, grid.transform
+  tol = 1e-9 * max(abs(g.a), abs(g.e), 1e-12)
+  if any(abs(x - y) > tol for x, y in zip((t.a, t.b, t.d, t.e), (g.a, g.b, g.d, g.e))) or ds.crs != grid.crs:
+    return None
+  col, row = ~g @ (t.c, t.f)
+  if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+    return None
+  return int(round(col)), int(round(row))
+
+
+def _warp(ds, grid: _Grid, src_nodata=None) -> tuple[WarpedVRT, int]:
+  """A float32 bilinear WarpedVRT of `ds` onto `grid` and the index of its alpha band (the warp's validity: the
+  source footprint, nodata and mask). A source alpha band is carried over; otherwise one is added."""
+  kwargs = {} if src_nodata is None else {"src_nodata": src_nodata}
+  has_alpha = ColorInterp.alpha in ds.colorinterp
+  try:
+    vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=Resampling.bilinear, dtype="float32", add_alpha=not has_alpha, **kwargs)
+  except (rasterio.errors.RasterioError, ValueError) as e:
+    raise SceneError(f"{ds.name}: cannot resample onto the output grid ({_one_line(e)})") from None
+  return vrt, (vrt.colorinterp.index(ColorInterp.alpha) + 1 if has_alpha else vrt.count)
+
+
+def _source_on(path, ds, indexes, grid: _Grid, band_nodata=None) -> _Source:
+  """`ds` as seen on `grid`: a direct read when it is on the grid's lattice (exact), else a bilinear WarpedVRT."""
+  offset = _offset_on(ds, grid)
+  if offset is not None:
+    return _Source(path, ds, indexes, offset=offset, band_nodata=band_nodata)
+  vrt, alpha = _warp(ds, grid, src_nodata=band_nodata if band_nodata is not None else ds.nodata)
+  return _Source(path, vrt, indexes, alpha=alpha, owned=[ds])
+
+
+def _check_overlap(path: str, ds, grid: _Grid, grid_source: str) -> None:
+  box = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
+  try:
+    left, bottom, right, top = rasterio.warp.transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
+  except (rasterio.errors.RasterioError, ValueError) as e:
+    raise SceneError(f"{path}: cannot map its footprint into the CRS of {grid_source} ({_one_line(e)})") from None
+  if min(right, box[2]) <= max(left, box[0]) or min(top, box[3]) <= max(bottom, box[1]):
+    raise SceneError(f"{path}: its footprint does not overlap {grid_source} at all")
+
+
+def _open_raster(path: str, bands, target: _Grid | None, grid: Scene | None) -> Scene:
+  ds = _open(path)
+  try:
+    indexes = _raster_band_indexes(path, ds, bands)
+    own = _Grid(ds.crs, ds.transform, ds.width, ds.height)
+    if target is not None:
+      _check_overlap(path, ds, target, grid.source)
+    source = _source_on(path, ds, indexes, target or own)
+  except BaseException:
+    ds.close()
+    raise
+  out = target or own
+  names = tuple(b for b in bandlib.ALL_13 if b in indexes)
+  return Scene(path, out.crs, out.transform, out.width, out.height, names, kind="raster",
+               resampled_onto=grid.source if grid else None, _sources={b: source for b in names}, _driver=ds.driver)
+
+
+def _raster_band_indexes(path: str, ds, bands) -> dict[str, int]:
+  """{canonical band: 1-based index} of a multi-band raster, from `bands` (file order) or its descriptions.
+  Alpha bands are never data; descriptions that are not band names ("SCL", "cloud mask") are skipped."""
+  data = [i for i in range(1, ds.count + 1) if ds.colorinterp[i - 1] != ColorInterp.alpha]
+  if bands is not None:
+    names = [canonical_band_name(b) for b in bands]
+    unknown = [b for b, n in zip(bands, names) if n is None]
+    if unknown:
+      raise SceneError(f"{path}: unknown band name(s) {unknown} in --bands (use B01..B12, B8A, B10 or STAC common "
+                       f"names such as red, nir08)")
+    if len(names) != len(data):
+      raise SceneError(f"{path}: --bands names {len(names)} bands ({','.join(names)}) but the file has "
+                       f"{len(data)} data bands")
+    return _no_duplicates(path, list(zip(names, data)), "--bands")
+  descriptions = [ds.descriptions[i - 1] or "" for i in data]
+  if not any(d.strip() for d in descriptions):
+    raise SceneError(f"{path}: has no band names in its descriptions; pass --bands B04,B03,... (one per band, "
+                     f"in file order)")
+  unnamed = [i for i, d in zip(data, descriptions) if not d.strip()]
+  if unnamed:
+    raise SceneError(f"{path}: bands {unnamed} have no description while others do; pass --bands for all "
+                     f"{len(data)} bands")
+  pairs = [(canonical_band_name(d), i) for i, d in zip(data, descriptions)]
+  pairs = [(n, i) for n, i in pairs if n is not None]
+  if not pairs:
+    raise SceneError(f"{path}: none of its band descriptions {descriptions} is a Sentinel-2 band name; "
+                     f"pass --bands B04,B03,... (one per band, in file order)")
+  return _no_duplicates(path, pairs, "the band descriptions")
+
+
+def _no_duplicates(path: str, pairs, where: str) -> dict[str, int]:
+  out: dict[str, int] = {}
+  for name, index in pairs:
+    if name in out:
+      raise SceneError(f"{path}: band {name} appears twice in {where} (bands {out[name]} and {index})")
+    out[name] = index
+  return out
+
+
+def _open_band_files(path: str, kind: str, files: dict[str, str], target: _Grid | None, grid) -> Scene:
+  opened: dict[str, object] = {}
+  sources: dict[str, _Source] = {}
+  try:
+    for band in sorted(files, key=bandlib.ALL_13.index):
+      opened[band] = _open(files[band])
+      if opened[band].count != 1:
+        raise SceneError(f"{files[band]}: a band file must hold one band, this one has {opened[band].count}")
+    _check_one_crs(path, files, opened)
+    fine = [b for b in FINE_BANDS if b in opened]
+    if not fine:
+      raise SceneError(f"{path}: none of the 10 m bands {'/'.join(FINE_BANDS)} is present (found "
+                       f"{','.join(opened)}); the output grid is their 10 m grid")
+    ref_band = min(fine, key=lambda b: abs(opened[b].res[0]))  # canonical order breaks ties
+    ref = opened[ref_band]
+    if target is not None:
+      _check_overlap(files[ref_band], ref, target, grid.source)
+    out = target or _Grid(ref.crs, ref.transform, ref.width, ref.height)
+    for band, ds in opened.items():
+      nodata = 0.0 if ds.nodata is None else float(ds.nodata)  # 0 is the Sentinel-2 products' NODATA value
+      sources[band] = _source_on(files[band], ds, {band: 1}, out, band_nodata=nodata)
+  except BaseException:
+    for band, ds in opened.items():
+      (sources[band] if band in sources else ds).close()
+    raise
+  return Scene(path, out.crs, out.transform, out.width, out.height, tuple(sources), kind=kind,
+               resampled_onto=grid.source if grid else None, _sources=sources, _zero_is_nodata=True)
+
+
+def _check_one_crs(path: str, files: dict[str, str], opened: dict) -> None:
+  first = next(iter(opened))
+  for band, ds in opened.items():
+    if ds.crs != opened[first].crs:
+      raise SceneError(f"{path}: mixed CRSs: {os.path.basename(files[first])} is {opened[first].crs.to_string()}, "
+                       f"{os.path.basename(files[band])} is {ds.crs.to_string()}")

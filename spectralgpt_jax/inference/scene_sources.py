@@ -1,0 +1,148 @@
+"""Where a scene's band files are: a folder of band files, a Sentinel-2 .SAFE product, or a STAC item.
+
+Each finder returns {canonical band: GDAL path} and never opens a raster; opening, grids and resampling are the job
+of scene_io. Every problem is a SceneError whose one-line message names the offending file or folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.inference.band_names import band_of_filename, canonical_band_name
+
+
+class SceneError(ValueError):
+  """Bad input: the message is ONE line naming the file and the problem."""
+
+
+RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img")
+SAFE_METADATA = ("MTD_MSIL1C.xml", "MTD_MSIL2A.xml")
+L2A_RESOLUTIONS = ("R10m", "R20m", "R60m")
+# GDAL virtual file systems for remote STAC hrefs; GDAL streams ranged reads from them, so windows stay windows.
+REMOTE_PREFIXES = {
+    "http://": "/vsicurl/http://",
+    "https://": "/vsicurl/https://",
+    "s3://": "/vsis3/",
+    "gs://": "/vsigs/",
+    "az://": "/vsiaz/",
+}
+
+
+def input_kind(path: str) -> str:
+  """'safe', 'folder', 'stac' or 'raster', decided by the path alone (nothing is opened)."""
+  if os.path.isdir(path):
+    is_safe = path.rstrip("/\\").upper().endswith(".SAFE")
+    return "safe" if is_safe or any(os.path.exists(os.path.join(path, m)) for m in SAFE_METADATA) else "folder"
+  return "stac" if path.lower().endswith(".json") else "raster"
+
+
+def folder_bands(folder: str) -> dict[str, str]:
+  """The band files of a folder, by the band token in their names. Other files (previews, TCI, XML) are ignored;
+  a granule folder is read through its IMG_DATA, and one that holds L2A's R10m/R20m/R60m sub-folders like an L2A
+  IMG_DATA folder."""
+  if os.path.isdir(os.path.join(folder, "IMG_DATA")):
+    return folder_bands(os.path.join(folder, "IMG_DATA"))
+  if any(os.path.isdir(os.path.join(folder, r)) for r in L2A_RESOLUTIONS):
+    return _l2a_bands(folder)
+  found: dict[str, str] = {}
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    band = band_of_filename(name) if name.lower().endswith(RASTER_EXTENSIONS) else None
+    if band is None or not os.path.isfile(path):
+      continue
+    if band in found:
+      raise SceneError(f"{folder}: two files for band {band}: {os.path.basename(found[band])} and {name}")
+    found[band] = path
+  if not found:
+    raise SceneError(f"{folder}: no band files (expected names like *_B02.tif or *_B8A.jp2)")
+  return found
+
+
+def safe_bands(safe: str) -> dict[str, str]:
+  """The band files of a Sentinel-2 L1C or L2A product (the .SAFE directory), each at its native resolution."""
+  granules = sorted(glob.glob(os.path.join(safe, "GRANULE", "*", "IMG_DATA")))
+  if not granules:
+    raise SceneError(f"{safe}: no GRANULE/*/IMG_DATA folder; not a complete Sentinel-2 .SAFE product")
+  if len(granules) > 1:
+    raise SceneError(f"{safe}: holds {len(granules)} granules (an old multi-tile product); pass one granule's "
+                     f"IMG_DATA folder instead")
+  return folder_bands(granules[0])
+
+
+def _l2a_bands(img_data: str) -> dict[str, str]:
+  """L2A stores most bands at several resolutions (B02 in R10m, R20m and R60m); take each from its native one."""
+  found: dict[str, str] = {}
+  for res in L2A_RESOLUTIONS:
+    sub = os.path.join(img_data, res)
+    if not os.path.isdir(sub):
+      continue
+    gsd = int(res[1:-1])
+    try:
+      files = folder_bands(sub)
+    except SceneError:
+      continue  # an empty resolution folder just contributes nothing
+    found.update({b: p for b, p in files.items() if bandlib.BANDS[b].gsd_m == gsd})
+  if not found:
+    raise SceneError(f"{img_data}: no band files in its {'/'.join(L2A_RESOLUTIONS)} folders")
+  return found
+
+
+def asset_path(href: str, item_path: str) -> str:
+  """The GDAL path of a STAC asset href: remote URLs through GDAL's virtual file systems, file:// stripped, relative
+  paths resolved against the item's folder (the STAC rule), GDAL /vsi paths unchanged."""
+  for prefix, vsi in REMOTE_PREFIXES.items():
+    if href.lower().startswith(prefix):
+      return vsi + href[len(prefix):]
+  if href.startswith("/vsi"):
+    return href
+  if href.startswith("file://"):
+    href = href[len("file://"):]
+  if os.path.isabs(href):
+    return href
+  return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(item_path)), href))
+
+
+def stac_bands(item_path: str) -> dict[str, str]:
+  """Band assets of a local STAC item JSON. An asset is a band by its key ("B02", "blue") or, failing that, by its
+  single eo:bands entry (`name`, then `common_name`); key matches win, so Earth Search's "blue-jp2" duplicate of
+  "blue" is ignored. Multi-band assets (the "visual" TCI) are skipped."""
+  try:
+    with open(item_path, encoding="utf-8") as f:
+      item = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise SceneError(f"{item_path}: not a readable STAC item JSON ({type(e).__name__}: {e})") from None
+  assets = item.get("assets") if isinstance(item, dict) else None
+  if not isinstance(assets, dict):
+    raise SceneError(f"{item_path}: not a STAC item (no 'assets' object)")
+  by_key: dict[str, str] = {}
+  by_eo: dict[str, str] = {}
+  for key, asset in assets.items():
+    if not isinstance(asset, dict) or not isinstance(asset.get("href"), str):
+      continue
+    band, table = canonical_band_name(key), by_key
+    if band is None:
+      band, table = _eo_band(asset), by_eo
+    if band is None:
+      continue
+    if band in table:
+      raise SceneError(f"{item_path}: two assets for band {band}: '{table[band]}' and '{key}'")
+    table[band] = key
+  chosen = {**by_eo, **by_key}
+  if not chosen:
+    raise SceneError(f"{item_path}: no asset is a Sentinel-2 band (by key or eo:bands name / common_name)")
+  return {band: asset_path(assets[key]["href"], item_path) for band, key in chosen.items()}
+
+
+def _eo_band(asset: dict) -> str | None:
+  entries = asset.get("eo:bands") or asset.get("bands")  # STAC 1.1 moved eo:bands to `bands`
+  if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+    return None
+  entry = entries[0]
+  for field in ("name", "common_name", "eo:common_name"):
+    band = canonical_band_name(entry.get(field, ""))
+    if band:
+      return band
+  return None

@@ -1,0 +1,186 @@
+"""What scene-scale inference writes: Cloud-Optimized GeoTIFFs, GeoParquet embeddings, PNG quicklooks.
+
+The prediction engine streams a scene in horizontal strips and never holds all of it, so every writer takes its data
+piece by piece. An output appears at its path only when it is complete and valid: all temporary files live in a
+hidden staging directory next to the output (same filesystem, so the final os.replace is atomic), and a failed,
+interrupted or abandoned write removes that directory and leaves any earlier file at the path untouched.
+
+`RasterWriter` (cog.py), `GeoParquetWriter` (geoparquet.py) and `quicklook_png` (quicklook.py) are importable from
+this module. They are loaded on first use because those modules import the shared pieces defined here (an eager
+import at the bottom of this file would break when a submodule is imported first). No JAX in here.
+"""
+from __future__ import annotations
+
+import colorsys
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from typing import Sequence
+
+from spectralgpt_jax.tasks.reporting import _jsonable
+
+__all__ = ["OutputError", "RasterWriter", "GeoParquetWriter", "quicklook_png", "class_colormap", "class_band_tags",
+           "palette_colour"]
+
+_LAZY = {"RasterWriter": "cog", "GeoParquetWriter": "geoparquet", "quicklook_png": "quicklook"}
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    value = getattr(importlib.import_module(f"{__package__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))
+
+
+class OutputError(ValueError):
+  """One-line message naming the output file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------- staging
+class Staging:
+  """A hidden directory next to `path` holding every temporary file of one write.
+
+  `publish(tmp)` moves one finished file onto `path` (os.replace: readers see the old file or the new one, never a
+  partial one) and removes the directory; `discard()` only removes it. A weakref finalizer discards it too when the
+  owner is garbage-collected or the interpreter exits, so a writer that is never committed leaves nothing behind.
+  """
+
+  def __init__(self, path):
+    self.path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(self.path):
+      raise OutputError(f"{self.path}: is a directory, not an output file")
+    parent = os.path.dirname(self.path)
+    try:
+      os.makedirs(parent, exist_ok=True)
+      self.dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.path)}.", suffix=".partial")
+    except OSError as e:
+      raise OutputError(f"{self.path}: cannot create a staging directory in {parent} ({e.strerror or e})") from e
+    self._finalizer = weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.dir, name)
+
+  @property
+  def active(self) -> bool:
+    return self._finalizer.alive
+
+  def publish(self, tmp: str) -> str:
+    os.replace(tmp, self.path)
+    self.discard()
+    return self.path
+
+  def discard(self) -> None:
+    self._finalizer()  # idempotent: the finalizer runs at most once
+
+
+def tag_text(value) -> str:
+  """GDAL tags are strings: strings stay as they are, everything else becomes JSON (numpy values included)."""
+  if isinstance(value, str):
+    return value
+  return json.dumps(_jsonable(value))
+
+
+# ----------------------------------------------------------------------------------------------- class colours
+TRANSPARENT = (0, 0, 0, 0)
+# Twenty colours chosen to be told apart (Trubetskoy's "20 simple distinct colours"), used in order.
+_PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (67, 99, 216), (245, 130, 49), (145, 30, 180), (66, 212, 244),
+    (240, 50, 230), (191, 239, 69), (250, 190, 212), (70, 153, 144), (220, 190, 255), (154, 99, 36),
+    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 216, 177), (0, 0, 117), (169, 169, 169),
+]
+# Conventional land-cover colours (mostly ESA WorldCover's legend) for class names containing these words; the first
+# matching rule wins, so "no change" is tested before "change" and "wetland" before "water".
+_NAMED = [
+    (("no change", "no-change", "nochange", "unchanged"), (170, 170, 170)),
+    (("change",), (228, 26, 28)),
+    (("background", "unlabeled", "unlabelled", "unclassified", "void"), (40, 40, 40)),
+    (("cloud shadow",), (90, 90, 90)),
+    (("cloud",), (225, 225, 250)),
+    (("snow", "ice", "glacier"), (240, 240, 240)),
+    (("wetland", "marsh", "bog", "peat", "swamp"), (0, 150, 160)),
+    (("mangrove",), (0, 207, 117)),
+    (("water", "sea", "river", "lake", "ocean", "lagoon", "estuar"), (0, 100, 200)),
+    (("forest", "tree", "wood"), (0, 100, 0)),
+    (("shrub", "scrub", "heath", "bush"), (255, 187, 34)),
+    (("crop", "arable", "agricult", "farm", "paddy", "vineyard", "orchard", "olive"), (240, 150, 255)),
+    (("grass", "pasture", "meadow", "herbaceous"), (255, 255, 76)),
+    (("dense veg",), (0, 120, 0)),
+    (("sparse veg", "low veg"), (170, 210, 90)),
+    (("vegetat", "green"), (60, 180, 60)),
+    (("urban", "built", "building", "artificial", "industr", "road", "residential", "settlement", "city"),
+     (250, 0, 0)),
+    (("bare", "sand", "rock", "desert", "soil", "beach", "dune", "sparse"), (180, 180, 180)),
+    (("moss", "lichen"), (250, 230, 160)),
+]
+
+
+def palette_colour(index: int) -> tuple[int, int, int]:
+  """Colour number `index` of the fixed palette; beyond its twenty colours, golden-angle hue steps at alternating
+  saturation and brightness keep neighbouring classes apart."""
+  if index < len(_PALETTE):
+    return _PALETTE[index]
+  k = index - len(_PALETTE)
+  hue = (k * 0.618033988749895) % 1.0
+  sat, val = ((0.85, 0.9), (0.55, 0.75), (0.9, 0.6))[k % 3]
+  return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, sat, val))
+
+
+def _named_colour(name: str, used: set) -> tuple[int, int, int] | None:
+  low = name.lower()
+  for words, colour in _NAMED:
+    if any(w in low for w in words):
+      return None if colour in used else colour  # a second "forest" class gets a palette colour, not the same one
+  return None
+
+
+def default_class_nodata(num_classes: int) -> int:
+  """255 for uint8 class maps, 65535 once the classes need uint16."""
+  return 255 if num_classes <= 255 else 65535
+
+
+def class_colormap(num_classes: int, names: Sequence[str] | None = None, *,
+                   nodata: int | None = None) -> dict[int, tuple[int, int, int, int]]:
+  """Colour table {class: (r, g, b, 255)} for a class map plus {nodata: transparent black}.
+
+  Classes whose names say what they are (water, forest, urban, change...) get the conventional colour, the rest the
+  fixed distinct palette in class order, so the same model always paints the same class the same way.
+  """
+  if num_classes < 1:
+    raise ValueError(f"class_colormap: num_classes must be >= 1, got {num_classes}")
+  if names is not None and len(names) != num_classes:
+    raise ValueError(f"class_colormap: {len(names)} names for {num_classes} classes")
+  nodata = default_class_nodata(num_classes) if nodata is None else int(nodata)
+  if 0 <= nodata < num_classes:
+    raise ValueError(f"class_colormap: nodata {nodata} is one of the {num_classes} class indices")
+  colours: dict[int, tuple[int, int, int]] = {}
+  if names is not None:
+    for i, name in enumerate(names):
+      colour = _named_colour(str(name), set(colours.values()))
+      if colour is not None:
+        colours[i] = colour
+  used, next_palette = set(colours.values()), 0
+  for i in range(num_classes):
+    if i in colours:
+      continue
+    while palette_colour(next_palette) in used:
+      next_palette += 1
+    colours[i] = palette_colour(next_palette)
+    next_palette += 1
+  table = {i: (*colours[i], 255) for i in range(num_classes)}
+  table[nodata] = TRANSPARENT
+  return table
+
+
+def class_band_tags(names: Sequence[str]) -> dict[str, str]:
+  """Band tags naming the classes of a class map: `class_names` (a JSON list) and `class_<i>=<name>` each, so that
+  both programs (one JSON field) and people browsing gdalinfo output find them."""
+  names = [str(n) for n in names]
+  return {"class_names": json.dumps(names), **{f"class_{i}": n for i, n in enumerate(names)}}

@@ -1,0 +1,108 @@
+r"""Scene-scale prediction with any checkpoint: a georeferenced Cloud-Optimized GeoTIFF and a PNG quicklook.
+
+  python -m spectralgpt_jax.predict --checkpoint runs/segmunich_demo/export --input SCENE.tif --output out.tif
+  python -m spectralgpt_jax.predict --checkpoint runs/oscd_demo --input DATE1.SAFE --input2 DATE2.SAFE \
+      --output change.tif --probabilities
+  python -m spectralgpt_jax.predict --checkpoint CKPT --input bands_folder/ --output out.tif --batch_size 64
+
+By the checkpoint's task (its metadata.json): segmentation -> class map; change detection (`--input2`, the later
+date, resampled onto the first date's grid) -> change map; classification -> per-tile label map (one pixel per
+tile); MAE -> reconstruction of the scene's bands. `--probabilities` also writes per-class probabilities
+(`OUT_probabilities.tif`). SCENE: a multi-band GeoTIFF / COG (bands named in its descriptions, or `--bands`), a
+folder of single-band files (`*_B02.tif`, ...), a Sentinel-2 `.SAFE` product or a STAC item JSON. Tiles of the
+checkpoint's image size overlap by `--overlap` (default 0.5 for dense tasks, 0 for classification) and are blended
+with a raised-cosine window; the scene is streamed strip by strip. Bad input stops with one line, writing nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+
+from spectralgpt_jax.inference import cli as runtime
+
+
+def parse_args(argv, *, description=__doc__, embed: bool = False):
+  p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--checkpoint", required=True, help="export directory or run directory")
+  p.add_argument("--input", required=True, help="GeoTIFF/COG, folder of band files, .SAFE product or STAC item")
+  p.add_argument("--output", required=True, help="output .parquet" if embed else "output COG (.tif)")
+  p.add_argument("--bands", default=None, help="band names of an unnamed --input file, in file order: B04,B03,...")
+  p.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass (a multiple of the devices)")
+  p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default: 0.5 dense, else 0)")
+  p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,model device mesh (one axis may be -1)")
+  p.add_argument("--no_progress", action="store_true", help="log lines instead of a progress bar")
+  if embed:
+    p.add_argument("--per_patch", default=None, help="also write the patch embeddings as a GeoTIFF on the patch grid")
+  else:
+    p.add_argument("--input2", default=None, help="change detection: the later date")
+    p.add_argument("--bands2", default=None, help="band names of an unnamed --input2 file")
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    p.add_argument("--mask_ratio", type=float, default=None, help="MAE: masking ratio (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0, help="MAE: seed of the per-tile masks")
+  return p.parse_args(argv)
+
+
+def run(args) -> list[str]:
+  from spectralgpt_jax.inference import checkpoint as ckpt_lib
+  from spectralgpt_jax.inference import scene_io
+  checkpoint = ckpt_lib.load(args.checkpoint)
+  task = checkpoint.task
+  if task == "change_detection" and not args.input2:
+    raise runtime.UsageError(f"--checkpoint {args.checkpoint} is a change-detection model: pass --input2 (the "
+                             "later date)")
+  if task != "change_detection" and args.input2:
+    raise runtime.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
+  mesh = runtime.mesh_shape(args.mesh)
+  scenes = [scene_io.open_scene(args.input, bands=runtime.band_list(args.bands))]
+  try:
+    if args.input2:
+      scenes.append(scene_io.open_scene(args.input2, bands=runtime.band_list(args.bands2), grid=scenes[0]))
+    for scene in scenes:
+      scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
+    return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
+                          mesh=mesh, probabilities=args.probabilities, mask_ratio=args.mask_ratio, seed=args.seed,
+                          progress=not args.no_progress, command=" ".join(shlex.quote(a) for a in sys.argv))
+  finally:
+    for scene in scenes:
+      scene.close()
+
+
+def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: int = 16, overlap: float | None = None,
+                   mesh=(-1, 1, 1), probabilities: bool = False, mask_ratio: float | None = None, seed: int = 0,
+                   progress: bool = True, command: str = "") -> list[str]:
+  """Streams `scenes` (one, or two dates on the first one's grid) through the checkpoint's task into `output`
+  (+ probabilities, + a PNG quicklook); returns the paths written. `apply(model, *inputs)` replaces the task's
+  forward (tests use a double with known outputs)."""
+  from spectralgpt_jax.inference import engine, products, writers
+  task = checkpoint.task
+  grid = runtime.tile_grid(scenes[0], checkpoint, overlap, dense=task != "classification")
+  forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
+                           batch_size=batch_size, mesh_shape=mesh)
+  logging.info("%s; %d tiles of %d px (stride %d)", scenes[0].describe(), len(grid), grid.tile, grid.stride)
+  with products.make_sink(grid, scenes[0], checkpoint, output, probabilities=probabilities,
+                          command=command) as sink:
+    bar = engine.Progress(len(grid), enabled=progress)
+    for r, batch in engine.tile_batches(scenes, checkpoint, grid):
+      outputs = None
+      if batch.positions:
+        extra = [products.mae_noise(batch.positions, checkpoint.cfg.num_tokens, seed)] if task == "pretrain" else []
+        outputs = forward(*batch.inputs, *extra)
+        if task == "pretrain":
+          outputs = checkpoint.restore(outputs, batch.raw[0], batch.valid)
+      sink.add(r, batch, outputs)
+      bar.update(len(grid.cols))
+    bar.close()
+    written = sink.commit()
+  logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid), time.time() - bar.start, bar.rate)
+  return written + [writers.quicklook_png(written[0], rgb_bands=products.quicklook_bands(checkpoint))]
+
+
+def main(argv: list[str] | None = None) -> int:
+  return runtime.main(run, parse_args(argv))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
