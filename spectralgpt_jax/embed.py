@@ -14,6 +14,7 @@ tiles are skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
@@ -80,7 +81,7 @@ def run(args) -> list[str]:
     table = writers.GeoParquetWriter(args.output, crs=scene.crs, embedding_dim=dim, metadata=meta,
                                      extra_columns=_extra_columns())
     patches = PatchSink(args.per_patch, grid, scene, patch, dim, tags) if args.per_patch else None
-    with table, (patches.writer if patches else _Null()):
+    with engine.gdal_cache([scene]), table, (patches.writer if patches else contextlib.nullcontext()):
       progress = engine.Progress(len(grid), enabled=not args.no_progress)
       for r, batch in engine.tile_batches([scene], checkpoint, grid):
         outputs = forward(*batch.inputs) if batch.positions else None
@@ -115,14 +116,6 @@ def _add_rows(table, r: int, batch, pooled: np.ndarray, grid, scene) -> None:
             x_px=np.asarray([x for _, x in batch.positions], np.int32),
             y_px=np.asarray([y for y, _ in batch.positions], np.int32),
             valid_fraction=batch.valid.mean(axis=(1, 2)).astype(np.float32))
-
-
-class _Null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

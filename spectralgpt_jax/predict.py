@@ -82,8 +82,8 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
   forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
                            batch_size=batch_size, mesh_shape=mesh)
   logging.info("%s; %d tiles of %d px (stride %d)", scenes[0].describe(), len(grid), grid.tile, grid.stride)
-  with products.make_sink(grid, scenes[0], checkpoint, output, probabilities=probabilities,
-                          command=command) as sink:
+  with engine.gdal_cache(scenes), products.make_sink(grid, scenes[0], checkpoint, output,
+                                                    probabilities=probabilities, command=command) as sink:
     bar = engine.Progress(len(grid), enabled=progress)
     for r, batch in engine.tile_batches(scenes, checkpoint, grid):
       outputs = None

@@ -9,8 +9,10 @@ output sums are held at a time, so memory does not grow with the scene.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -74,6 +76,19 @@ class Forward:
       out = jax.tree.map(lambda a: np.asarray(a)[:self.batch_size - pad], out)
       outs.append(out)
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
+def gdal_cache(scenes: Sequence):
+  """rasterio.Env sizing GDAL's block cache to what a strip needs: the two block rows of every input file that a
+  strip may straddle (at least 64 MB, at most 1 GB; output blocks are written back when the cache is full).
+
+  GDAL's default is 5 % of RAM: it then fills with a big scene's decoded blocks and memory grows with the scene.
+  GDAL_CACHEMAX in the environment takes precedence (GDAL reads it itself)."""
+  import rasterio
+  if "GDAL_CACHEMAX" in os.environ:
+    return contextlib.nullcontext()
+  need = sum(2 * scene.block_row_bytes() for scene in scenes)
+  return rasterio.Env(GDAL_CACHEMAX=int(min(max(need, 64 << 20), 1 << 30)))   # rasterio passes bytes
 
 
 def tile_batches(scenes: Sequence, checkpoint, grid: TileGrid) -> Iterator[tuple[int, TileBatch]]:

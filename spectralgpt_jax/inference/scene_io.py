@@ -169,6 +169,16 @@ class Scene:
   def resolution(self) -> float:
     return math.hypot(self.transform.a, self.transform.d)
 
+  def block_row_bytes(self) -> int:
+    """Decoded bytes of one row of blocks across every file behind the scene: what GDAL's block cache must hold for
+    strip reads not to decode the same blocks again."""
+    total = 0
+    for source in {id(s): s for s in self._sources.values()}.values():
+      for ds in source.owned or [source.dataset]:
+        block_rows = max(ds.block_shapes[0][0], 1) if ds.block_shapes else 1
+        total += ds.count * ds.width * block_rows * np.dtype(ds.dtypes[0]).itemsize
+    return total
+
   def describe(self) -> str:
     kind = KIND_LABELS.get(self.kind) or f"{self._driver or 'raster'} raster"
     unit = "m" if self.crs.is_projected else "deg"
