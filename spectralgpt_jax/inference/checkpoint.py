@@ -123,6 +123,10 @@ def load(path: str) -> Checkpoint:
     return Checkpoint(path, model, metadata)
   if os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
     return _from_run(path)
+  if os.path.isfile(path) and path.endswith((".pth", ".pt", ".pth.tar")):
+    raise CheckpointNotFound(f"--checkpoint {path}: an official PyTorch file; convert it once into an export, which "
+                             "records its task, bands and normalisation: python -m spectralgpt_jax.interop.convert "
+                             f"--checkpoint {path} --out DIR [--arch ARCH], then --checkpoint DIR")
   raise CheckpointNotFound(f"--checkpoint {path}: neither an export directory (metadata.json) nor a run directory "
                            "(export/ or checkpoints/ + config.json)")
 

@@ -17,7 +17,8 @@ import rasterio
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_translate, cog_validate
 
-from spectralgpt_jax.inference.writers import TRANSPARENT, OutputError, Staging, class_colormap, tag_text
+from spectralgpt_jax.inference.writers import (TRANSPARENT, OutputError, StagedWriter, Staging, class_colormap,
+                                              tag_text)
 
 KINDS = ("classes", "continuous")
 COG_BLOCK = 512          # COG tile size (256 for rasters smaller than one such tile)
@@ -30,7 +31,7 @@ OVERVIEW_RESAMPLING = {"classes": "nearest", "continuous": "average"}
 GDAL_THREADS = "ALL_CPUS"
 
 
-class RasterWriter:
+class RasterWriter(StagedWriter):
   """Context manager. Streams windowed writes into a temporary tiled GeoTIFF next to the output, then on `commit()`
   translates it to a Cloud-Optimized GeoTIFF (internal overviews: nearest for class maps, average for continuous
   data; DEFLATE with a predictor; 512 px tiles) under a temporary name, validates it with `cog_validate` and moves
@@ -235,24 +236,6 @@ class RasterWriter:
                     forward_band_tags=True, colormap=self.colormap, quiet=True,
                     config={"GDAL_NUM_THREADS": GDAL_THREADS})
 
-  def abort(self) -> None:
-    """Drops everything written so far (no file at `path` from this writer); safe to call more than once."""
+  def _close_file(self) -> None:
     if self._stage is not None and not self._stage.closed:
-      try:
-        self._stage.close()
-      except Exception:  # the data is being thrown away; a close error must not mask the original one
-        pass
-    self._staging.discard()
-    if getattr(self, "_state", None) != "committed":
-      self._state = "aborted"
-
-  def __enter__(self) -> "RasterWriter":
-    return self
-
-  def __exit__(self, exc_type, exc, tb) -> bool:
-    if self._state == "open":
-      self.abort()
-      if exc_type is None:
-        warnings.warn(f"{self.path}: writer closed without commit(); nothing was saved", RuntimeWarning,
-                      stacklevel=2)
-    return False
+      self._stage.close()

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import shapely
 from rasterio.crs import CRS
 
-from spectralgpt_jax.inference.writers import OutputError, Staging
+from spectralgpt_jax.inference.writers import OutputError, StagedWriter, Staging
 from spectralgpt_jax.tasks.reporting import _jsonable
 
 GEOPARQUET_VERSION = "1.1.0"
@@ -45,7 +45,7 @@ def projjson(crs) -> dict | None:
     return pyproj.CRS.from_wkt(crs.to_wkt()).to_json_dict()
 
 
-class GeoParquetWriter:
+class GeoParquetWriter(StagedWriter):
   """Streams rows into a GeoParquet 1.1.0 file, written with pyarrow (zstd, row groups of ~64 MiB as rows come),
   atomic on commit. Columns: tile_id int64, row int32, col int32, geometry (ISO WKB polygons), embedding
   fixed_size_list<float32>[D], then `extra_columns` in their order. The `geo` file metadata carries the CRS as
@@ -208,26 +208,8 @@ class GeoParquetWriter:
     if not schema.remove_metadata().equals(self.schema) or stored.num_rows != self._rows:
       raise self._fail(f"the file read back has schema {schema} / {stored.num_rows} rows, expected {self._rows}")
 
-  def abort(self) -> None:
-    """Drops everything written so far; safe to call more than once."""
+  def _close_file(self) -> None:
     if self._writer is not None:
-      try:
-        with warnings.catch_warnings():
-          warnings.simplefilter("ignore")
-          self._writer.close()
-      except Exception:  # the data is being thrown away; a close error must not mask the original one
-        pass
-    self._staging.discard()
-    if getattr(self, "_state", None) != "committed":
-      self._state = "aborted"
-
-  def __enter__(self) -> "GeoParquetWriter":
-    return self
-
-  def __exit__(self, exc_type, exc, tb) -> bool:
-    if self._state == "open":
-      self.abort()
-      if exc_type is None:
-        warnings.warn(f"{self.path}: writer closed without commit(); nothing was saved", RuntimeWarning,
-                      stacklevel=2)
-    return False
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        self._writer.close()

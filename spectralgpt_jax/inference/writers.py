@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import weakref
 from typing import Sequence
 
@@ -79,6 +80,36 @@ class Staging:
 
   def discard(self) -> None:
     self._finalizer()  # idempotent: the finalizer runs at most once
+
+
+class StagedWriter:
+  """What both writers share: `abort()` drops the staged data (safe to call twice), and leaving a `with` block
+  without `commit()` aborts (with a warning when no exception is on its way). Subclasses set `path`, `_staging`
+  and `_state` ("open" / "committed" / "aborted") and close their open file in `_close_file()`."""
+
+  def _close_file(self) -> None:
+    raise NotImplementedError
+
+  def abort(self) -> None:
+    """Drops everything written so far (no file at `path` from this writer); safe to call more than once."""
+    try:
+      self._close_file()
+    except Exception:  # the data is being thrown away; a close error must not mask the original one
+      pass
+    self._staging.discard()
+    if getattr(self, "_state", None) != "committed":
+      self._state = "aborted"
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    if self._state == "open":
+      self.abort()
+      if exc_type is None:
+        warnings.warn(f"{self.path}: writer closed without commit(); nothing was saved", RuntimeWarning,
+                      stacklevel=2)
+    return False
 
 
 def tag_text(value) -> str:

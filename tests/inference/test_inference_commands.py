@@ -249,3 +249,10 @@ def test_scene_smaller_than_a_tile_is_padded_with_a_warning(exports, scene, tmp_
   assert "smaller than a tile" in caplog.text and "small.tif" in caplog.text
   with rasterio.open(tmp_path / "small_out.tif") as ds:
     assert ds.shape == (20, 24) and (ds.read(1) != 255).all()
+
+
+def test_official_pth_file_points_to_convert(scene, tmp_path, out_dir, capsys):
+  pth = tmp_path / "SpectralGPT+.pth"
+  pth.write_bytes(b"PK\x03\x04")
+  code = run_predict(str(pth), scene["path"], out_dir / "o.tif")
+  _expect_error(capsys, tmp_path, code, "SpectralGPT+.pth", "spectralgpt_jax.interop.convert")
