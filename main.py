@@ -57,6 +57,8 @@ def main(argv):
   from spectralgpt_jax.train import config_checks, loop
   if not _LIBRARY_LOGS.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
+  from spectralgpt_jax import runtime
+  logging.info("runtime: %s", runtime.describe())
   try:
     loop.run(_CONFIG.value, _WORKDIR.value)
   except config_checks.ConfigError as e:
@@ -72,5 +74,7 @@ def _one_line(error: Exception) -> str:
 
 
 if __name__ == "__main__":
+  from spectralgpt_jax import runtime
+  runtime.configure()        # fast allocator and XLA CPU flags (may re-execute this process once, before JAX starts)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=parse_flags)

@@ -51,4 +51,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  from spectralgpt_jax import runtime
+  runtime.configure()   # the allocator and XLA CPU flags main.py uses (SPECTRALGPT_JAX_FAST_RUNTIME=0: off)
   main()

@@ -31,13 +31,13 @@ from spectralgpt_jax.data import bands as bandlib
 STRIP = 256  # rows per read/write when building the benchmark scenes
 
 
-def write_scene(path: str, scale: int, crop: int | None) -> tuple[int, int]:
-  """The demo scene (optionally its top-left `crop` px) tiled `scale` x `scale` times into one 12-band GeoTIFF."""
+def write_scene(path: str, down: int, across: int, crop: int | None) -> tuple[int, int]:
+  """The demo scene (optionally its top-left `crop` px) tiled `down` x `across` times into one 12-band GeoTIFF."""
   from spectralgpt_jax.data import demo
   from spectralgpt_jax.inference.scene_io import open_scene
   with open_scene(demo.scene_dir()) as scene:
     h, w = (min(crop, scene.height), min(crop, scene.width)) if crop else (scene.height, scene.width)
-    profile = dict(driver="GTiff", width=w * scale, height=h * scale, count=len(bandlib.CANONICAL), dtype="uint16",
+    profile = dict(driver="GTiff", width=w * across, height=h * down, count=len(bandlib.CANONICAL), dtype="uint16",
                    crs=scene.crs, transform=scene.transform, nodata=0, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", predictor=2, BIGTIFF="IF_SAFER")
     with rasterio.open(path, "w", **profile) as dst:
@@ -47,10 +47,10 @@ def write_scene(path: str, scale: int, crop: int | None) -> tuple[int, int]:
         rows = min(STRIP, h - top)
         data, valid = scene.read(bandlib.CANONICAL, Window(0, top, w, rows))
         block = np.moveaxis(np.where(valid[..., None], np.round(data), 0).astype(np.uint16), -1, 0)
-        for sy in range(scale):
-          for sx in range(scale):
+        for sy in range(down):
+          for sx in range(across):
             dst.write(block, window=Window(sx * w, sy * h + top, w, rows))
-  return h * scale, w * scale
+  return h * down, w * across
 
 
 # The SegMunich demo model's architecture (configs/finetune_segmunich.py:demo), the one the README runs.
@@ -75,8 +75,10 @@ def run_predict(checkpoint: str, scene: str, output: str, extra: list[str]) -> d
   if os.waitstatus_to_exitcode(status) != 0:
     raise SystemExit(f"predict failed on {scene}:\n{log[-3000:]}")
   match = re.search(r"(\d+) tiles in ([\d.]+) s \(([\d.]+) tiles/s\)", log)
+  chosen = re.search(r"runtime: (.*)", log)
   return {"tiles": int(match.group(1)), "tile_loop_s": float(match.group(2)), "tiles_per_s": float(match.group(3)),
-          "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+          "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+          "runtime": chosen.group(1).strip() if chosen else None}
 
 
 def main() -> None:
@@ -84,7 +86,8 @@ def main() -> None:
   p.add_argument("--checkpoint", default=None, help="export / run directory (default: random --arch export)")
   p.add_argument("--arch", default="seg_vit_tiny",
                  help="architecture of the random export (seg_vit_tiny: with the SegMunich demo model's widths)")
-  p.add_argument("--scales", default="1,2", help="mosaic factors per side: 1 = the demo scene, 2 = 4x its pixels")
+  p.add_argument("--scales", default="1,2,4x1",
+                 help="mosaics: N = N x N copies of the demo scene, DxA = D down by A across (4x1: 4x as tall)")
   p.add_argument("--crop", type=int, default=None, help="use only the top-left CROP x CROP px of the demo scene")
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--no_folder", dest="folder", action="store_false",
@@ -99,13 +102,14 @@ def main() -> None:
   import jax
 
   from spectralgpt_jax.data import demo
-  runs = [("band_folder", 1, demo.scene_dir())] if args.folder and not args.crop else []
-  runs += [("geotiff", int(s), None) for s in args.scales.split(",")]
+  runs = [("band_folder", "1", demo.scene_dir())] if args.folder and not args.crop else []
+  runs += [("geotiff", s, None) for s in args.scales.split(",")]
   for form, scale, scene in runs:
     t0 = time.time()
     if scene is None:
-      scene = os.path.join(root, f"scene_x{scale}.tif")
-      write_scene(scene, scale, args.crop)
+      down, across = (int(v) for v in (scale.split("x") if "x" in str(scale) else (scale, scale)))
+      scene = os.path.join(root, f"scene_{down}x{across}.tif")
+      write_scene(scene, down, across, args.crop)
     build_s = time.time() - t0
     with rasterio.open(scene if form == "geotiff" else os.path.join(scene, "s2_B02.jp2")) as ds:
       h, w = ds.height, ds.width
@@ -117,4 +121,6 @@ def main() -> None:
           flush=True)
 
 if __name__ == "__main__":
+  from spectralgpt_jax import runtime
+  runtime.configure()   # the allocator and XLA CPU flags main.py uses (SPECTRALGPT_JAX_FAST_RUNTIME=0: off)
   main()

@@ -15,7 +15,7 @@ import time
 import flax
 import jax
 
-from spectralgpt_jax import sharding
+from spectralgpt_jax import runtime, sharding
 from spectralgpt_jax.models.flops import train_step_flops
 from spectralgpt_jax.train import optim, steps
 from spectralgpt_jax.train import state as state_lib
@@ -61,4 +61,4 @@ def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_step
       "gflops_per_img": round(flops / 1e9, 2), "achieved_gflops_per_s": round(flops * n / median / 1e9, 1),
       "final_loss": round(float(metrics["loss"]), 4), "device": f"{device.platform}:{device.device_kind}",
       "num_devices": jax.device_count(), "num_cpus": os.cpu_count(), "python": platform.python_version(),
-      "jax": jax.__version__, "flax": flax.__version__}
+      "jax": jax.__version__, "flax": flax.__version__, "runtime": runtime.describe()}

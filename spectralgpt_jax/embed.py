@@ -124,4 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from spectralgpt_jax import runtime
+  runtime.configure()        # fast allocator and XLA CPU flags (may re-execute this process once)
   sys.exit(main())

@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 
-from spectralgpt_jax.inference import cli as runtime
+from spectralgpt_jax.inference import cli
 
 
 def parse_args(argv, *, description=__doc__, embed: bool = False):
@@ -51,15 +51,15 @@ def run(args) -> list[str]:
   checkpoint = ckpt_lib.load(args.checkpoint)
   task = checkpoint.task
   if task == "change_detection" and not args.input2:
-    raise runtime.UsageError(f"--checkpoint {args.checkpoint} is a change-detection model: pass --input2 (the "
+    raise cli.UsageError(f"--checkpoint {args.checkpoint} is a change-detection model: pass --input2 (the "
                              "later date)")
   if task != "change_detection" and args.input2:
-    raise runtime.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
-  mesh = runtime.mesh_shape(args.mesh)
-  scenes = [scene_io.open_scene(args.input, bands=runtime.band_list(args.bands))]
+    raise cli.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
+  mesh = cli.mesh_shape(args.mesh)
+  scenes = [scene_io.open_scene(args.input, bands=cli.band_list(args.bands))]
   try:
     if args.input2:
-      scenes.append(scene_io.open_scene(args.input2, bands=runtime.band_list(args.bands2), grid=scenes[0]))
+      scenes.append(scene_io.open_scene(args.input2, bands=cli.band_list(args.bands2), grid=scenes[0]))
     for scene in scenes:
       scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
@@ -78,7 +78,7 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
   forward (tests use a double with known outputs)."""
   from spectralgpt_jax.inference import engine, products, writers
   task = checkpoint.task
-  grid = runtime.tile_grid(scenes[0], checkpoint, overlap, dense=task != "classification")
+  grid = cli.tile_grid(scenes[0], checkpoint, overlap, dense=task != "classification")
   forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
                            batch_size=batch_size, mesh_shape=mesh)
   logging.info("%s; %d tiles of %d px (stride %d)", scenes[0].describe(), len(grid), grid.tile, grid.stride)
@@ -101,8 +101,10 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
-  return runtime.main(run, parse_args(argv))
+  return cli.main(run, parse_args(argv))
 
 
 if __name__ == "__main__":
+  from spectralgpt_jax import runtime
+  runtime.configure()        # fast allocator and XLA CPU flags (may re-execute this process once)
   sys.exit(main())

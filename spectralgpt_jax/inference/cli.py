@@ -69,6 +69,8 @@ def main(run: Callable, args) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "jax", "rasterio", "rio_cogeo", "orbax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from spectralgpt_jax import runtime
+  logging.info("runtime: %s", runtime.describe())
   _terminate_cleanly()
   try:
     written = run(args)
