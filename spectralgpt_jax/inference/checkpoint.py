@@ -138,6 +138,7 @@ def _from_run(path: str) -> Checkpoint:
   from spectralgpt_jax import export, models, tasks
   from spectralgpt_jax.interop import transfer
   from spectralgpt_jax.interop.keymap import param_shapes
+  from spectralgpt_jax.interop.loader import assign_params
   from spectralgpt_jax.train import checkpointing
   with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
@@ -146,23 +147,10 @@ def _from_run(path: str) -> Checkpoint:
   model = models.build_from_config(cfg)
   params, info = checkpointing.load_model_params(path)
   values, _ = transfer.transfer(params, param_shapes(model), cfg, source_name=path, arch=config.model.name)
-  _assign(model, values)
+  assign_params(model, values)
   metadata = export.make_metadata(config.model.name, cfg, bands=list(config.data.get("bands", None) or
                                                                       bandlib.CANONICAL[:cfg.num_frames]),
                                   source=path, step=info.get("step"), data=json.loads(config.data.to_json()),
                                   **task.export_metadata())
   return Checkpoint(path, model, metadata)
 
-
-def _assign(model, values: dict[str, np.ndarray]) -> None:
-  import jax.numpy as jnp
-  from flax import nnx
-  state = nnx.state(model, nnx.Param)
-  pure = nnx.to_pure_dict(state)
-  for name, value in values.items():
-    tree, *keys = pure, *name.split("/")
-    for key in keys[:-1]:
-      tree = tree[int(key) if key.isdigit() and int(key) in tree else key]
-    tree[keys[-1]] = jnp.asarray(value)
-  nnx.replace_by_pure_dict(state, pure)
-  nnx.update(model, state)

@@ -44,6 +44,8 @@ class RasterWriter(StagedWriter):
   Tags and band tags that are not strings are stored as JSON.
   """
 
+  KIND = "COG"
+
   def __init__(self, path, *, crs, transform, width: int, height: int, count: int, dtype, nodata,
                band_descriptions: Sequence[str] | None = None,
                colormap: dict[int, tuple[int, int, int, int]] | None = None, tags: dict | None = None,
@@ -200,29 +202,19 @@ class RasterWriter(StagedWriter):
     return self._skipped + ([(self._next_row, self.height)] if self._next_row < self.height else [])
 
   # --------------------------------------------------------------------------------------------- commit / abort
-  def commit(self) -> str:
-    """Builds, validates and publishes the COG; returns the final path. On any failure nothing is published."""
-    if self._state != "open":
-      raise self._fail(f"commit() after the writer was {self._state}")
-    try:
-      missing = self._missing()
-      if missing:
-        ranges = ", ".join(f"{a}..{b - 1}" for a, b in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise self._fail(f"rows {ranges} were never written (of {self.height}); nothing was saved")
-      self._stage.close()
-      cog = self._staging.file("cog.tif")
-      self._translate(cog)
-      valid, errors, _ = cog_validate(cog, quiet=True)
-      if not valid:
-        raise self._fail(f"the translated file is not a valid COG ({'; '.join(errors)})")
-      self._staging.publish(cog)
-    except BaseException as e:
-      self.abort()
-      if isinstance(e, Exception) and not isinstance(e, OutputError):
-        raise self._fail(f"cannot write the COG ({type(e).__name__}: {e})") from e
-      raise
-    self._state = "committed"
-    return self.path
+  def _finish(self) -> str:
+    """Checks every row was written, translates the staged GeoTIFF to a COG and validates it."""
+    missing = self._missing()
+    if missing:
+      ranges = ", ".join(f"{a}..{b - 1}" for a, b in missing[:5]) + (" ..." if len(missing) > 5 else "")
+      raise self._fail(f"rows {ranges} were never written (of {self.height}); nothing was saved")
+    self._stage.close()
+    cog = self._staging.file("cog.tif")
+    self._translate(cog)
+    valid, errors, _ = cog_validate(cog, quiet=True)
+    if not valid:
+      raise self._fail(f"the translated file is not a valid COG ({'; '.join(errors)})")
+    return cog
 
   def _translate(self, cog: str) -> None:
     block = COG_BLOCK if min(self.width, self.height) >= COG_BLOCK else 256

@@ -53,6 +53,8 @@ class GeoParquetWriter(StagedWriter):
   Context manager with the same failure semantics as RasterWriter: nothing at `path` unless commit() succeeds.
   """
 
+  KIND = "GeoParquet file"
+
   def __init__(self, path, *, crs, embedding_dim: int, extra_columns: dict[str, pa.DataType] | None = None,
                metadata: dict | None = None):
     self.path = os.path.abspath(os.fspath(path))
@@ -175,27 +177,17 @@ class GeoParquetWriter(StagedWriter):
       column["bbox"] = [float(v) for v in self._bbox]
     return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
 
-  def commit(self) -> str:
-    """Writes the footer (with `geo`), checks it, publishes the file and returns its path."""
-    if self._state != "open":
-      raise self._fail(f"commit() after the writer was {self._state}")
-    try:
-      self._flush()
-      kv = {GEO_KEY: json.dumps(self.geo_metadata(), allow_nan=False)}
-      if self._metadata is not None:
-        kv[METADATA_KEY] = self._metadata
-      serialized = self.schema.with_metadata(kv).serialize().to_pybytes()
-      self._writer.add_key_value_metadata({**kv, "ARROW:schema": base64.b64encode(serialized).decode("ascii")})
-      self._writer.close()
-      self._check_footer(kv)
-      self._staging.publish(self._tmp)
-    except BaseException as e:
-      self.abort()
-      if isinstance(e, Exception) and not isinstance(e, OutputError):
-        raise self._fail(f"cannot write the GeoParquet file ({type(e).__name__}: {e})") from e
-      raise
-    self._state = "committed"
-    return self.path
+  def _finish(self) -> str:
+    """Writes the footer (with `geo`) and checks it."""
+    self._flush()
+    kv = {GEO_KEY: json.dumps(self.geo_metadata(), allow_nan=False)}
+    if self._metadata is not None:
+      kv[METADATA_KEY] = self._metadata
+    serialized = self.schema.with_metadata(kv).serialize().to_pybytes()
+    self._writer.add_key_value_metadata({**kv, "ARROW:schema": base64.b64encode(serialized).decode("ascii")})
+    self._writer.close()
+    self._check_footer(kv)
+    return self._tmp
 
   def _check_footer(self, kv: dict) -> None:
     """Both the Parquet key/value metadata and the Arrow schema read back carry our `geo` and the exact types."""

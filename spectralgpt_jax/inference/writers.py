@@ -83,12 +83,32 @@ class Staging:
 
 
 class StagedWriter:
-  """What both writers share: `abort()` drops the staged data (safe to call twice), and leaving a `with` block
-  without `commit()` aborts (with a warning when no exception is on its way). Subclasses set `path`, `_staging`
-  and `_state` ("open" / "committed" / "aborted") and close their open file in `_close_file()`."""
+  """What both writers share: `commit()` publishes the finished file atomically, `abort()` drops the staged data
+  (safe to call twice), and leaving a `with` block without `commit()` aborts (with a warning when no exception is
+  on its way). Subclasses set `path`, `_staging` and `_state` ("open" / "committed" / "aborted"), finish and check
+  their file in `_finish() -> temporary path`, close it in `_close_file()`, and name it in errors with `KIND`."""
+
+  KIND = "file"
 
   def _close_file(self) -> None:
     raise NotImplementedError
+
+  def _finish(self) -> str:
+    raise NotImplementedError
+
+  def commit(self) -> str:
+    """Finishes, checks and publishes the file; returns its final path. On any failure nothing is published."""
+    if self._state != "open":
+      raise self._fail(f"commit() after the writer was {self._state}")
+    try:
+      self._staging.publish(self._finish())
+    except BaseException as e:
+      self.abort()
+      if isinstance(e, Exception) and not isinstance(e, OutputError):
+        raise self._fail(f"cannot write the {self.KIND} ({type(e).__name__}: {e})") from e
+      raise
+    self._state = "committed"
+    return self.path
 
   def abort(self) -> None:
     """Drops everything written so far (no file at `path` from this writer); safe to call more than once."""

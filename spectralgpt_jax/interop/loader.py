@@ -150,19 +150,24 @@ def load_reference_checkpoint(path: str | Path, arch: str | None = None, *, stri
   cfg = models.get_config(arch, **{**_derived_config(sd, source_kind, target_kind), **overrides})
   model = models.build_from_config(cfg, seed=seed)
 
-  paths = {"/".join(map(str, p)): p for p, _ in keymap.param_paths(model)}
   values, report = transfer(source, keymap.param_shapes(model), cfg, source_name=str(path), arch=arch,
                             strict=False, checkpoint_args=args)
   report = _in_reference_names(report, sd, cfg)
   if strict and not report.ok:
     raise CheckpointMismatchError(report.error_line(), report)
+  assign_params(model, values)
+  return model, report
+
+
+def assign_params(model, values: dict) -> None:
+  """Writes {flat param name: array} (the names of `keymap.param_shapes`) into the model's parameters."""
+  paths = {"/".join(map(str, p)): p for p, _ in keymap.param_paths(model)}
   state = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(state)
   for name, value in values.items():
     _set(pure, paths[name], jnp.asarray(value))
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(model, state)
-  return model, report
 
 
 def _set(tree: dict, path: tuple, value) -> None:
