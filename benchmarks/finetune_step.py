@@ -63,14 +63,16 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,model sizes (one may be -1)")
+  step_timing.add_speed_flags(parser)
   args = parser.parse_args()
 
   config = recipe(args.task, args.model.upper(), args.dtype)
+  config.model.update(step_timing.speed_overrides(args))
   task = tasks.get(config)
   model_cfg = task.model_config()
   batch = example_batch(task, model_cfg, args.batch)
   result = step_timing.time_step(task, model_cfg, config.optimizer, batch, mesh_text=args.mesh,
-                                 num_steps=args.steps)
+                                 num_steps=args.steps, peak_tflops=args.peak_tflops)
   print(json.dumps({"task": args.task, "model": config.model.name, "size": args.model.upper(),
                     "batch": args.batch, "dtype": args.dtype, **result}))
 

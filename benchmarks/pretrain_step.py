@@ -5,9 +5,11 @@ r"""Times the real MAE pretraining step (forward + backward + AdamW) on random i
 
 This is `spectralgpt_jax.train.steps.train_step` with the pretraining task exactly as `main.py` compiles it (see
 benchmarks/step_timing.py), with the reference optimizer (AdamW 0.9/0.95, wd 0.05 on ndim > 1) and mask ratio 0.9.
-Fields: model, batch, mask_ratio, dtype, attention_impl, mesh, steps, step_s_median, step_s_min, img_per_s (from
-the median), compile_s, temp_mb (compiled step temporaries per device), peak_rss_mb (whole process),
-gflops_per_img (analytic, 3x forward), achieved_gflops_per_s, device, versions. Not a test: the machines are shared
+Fields: model, batch, mask_ratio, dtype, mesh, steps, step_s_median, step_s_min, img_per_s, tokens_per_s,
+model_tflops_per_s (per device) and mfu (when the device's peak is known; spectralgpt_jax.train.throughput), all
+from the median, compile_s, attention_impl (resolved for the device), remat, scan_blocks, temp_mb (compiled step
+temporaries per device), peak_rss_mb (whole process), gflops_per_img (analytic, 3x forward), achieved_gflops_per_s,
+device, versions. Not a test: the machines are shared
 and noisy, so quote medians and ratios.
 """
 from __future__ import annotations
@@ -33,21 +35,21 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
   parser.add_argument("--mask_ratio", type=float, default=0.9)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--attention_impl", default="xla", choices=["xla", "chunked", "cudnn"])
+  step_timing.add_speed_flags(parser)
   parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,model sizes (one may be -1)")
   args = parser.parse_args()
 
   config = ml_collections.ConfigDict(dict(
       task="pretrain", compute_dtype=args.dtype, data={}, loss={}, metrics={},
-      model=dict(name=args.model, mask_ratio=args.mask_ratio, attention_impl=args.attention_impl)))
+      model=dict(name=args.model, mask_ratio=args.mask_ratio, **step_timing.speed_overrides(args))))
   task = tasks.get(config)
   cfg = task.model_config()
   opt_cfg = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_grad_norm=0.0))
   images = jax.random.uniform(jax.random.key(1), (args.batch, cfg.img_size, cfg.img_size, cfg.num_frames))
   result = step_timing.time_step(task, cfg, opt_cfg, {"image": images}, mesh_text=args.mesh, num_steps=args.steps,
-                                 mask_ratio=args.mask_ratio)
+                                 mask_ratio=args.mask_ratio, peak_tflops=args.peak_tflops)
   print(json.dumps({"model": args.model, "batch": args.batch, "mask_ratio": args.mask_ratio, "dtype": args.dtype,
-                    "attention_impl": args.attention_impl, **result}))
+                    **result}))
 
 
 if __name__ == "__main__":

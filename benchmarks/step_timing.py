@@ -16,8 +16,9 @@ import flax
 import jax
 
 from spectralgpt_jax import runtime, sharding
+from spectralgpt_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES, resolve_attention
 from spectralgpt_jax.models.flops import train_step_flops
-from spectralgpt_jax.train import optim, steps
+from spectralgpt_jax.train import optim, steps, throughput
 from spectralgpt_jax.train import state as state_lib
 
 
@@ -25,8 +26,21 @@ def parse_mesh(text: str) -> dict[str, int]:
   return dict(zip(sharding.MESH_AXES, (int(s) for s in text.split(","))))
 
 
+def add_speed_flags(parser) -> None:
+  """The fast-path switches every step benchmark takes (ModelConfig fields of the same names)."""
+  parser.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS))
+  parser.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
+  parser.add_argument("--scan_blocks", action="store_true")
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="per-device peak for mfu (0: look the device up; none for CPUs)")
+
+
+def speed_overrides(args) -> dict:
+  return dict(attention_impl=args.attention_impl, remat=args.remat, scan_blocks=args.scan_blocks)
+
+
 def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_steps: int,
-              mask_ratio: float = 0.9) -> dict:
+              mask_ratio: float = 0.9, peak_tflops: float = 0.0) -> dict:
   """Compile and time one task's train step on `batch` (host arrays); returns the JSON fields."""
   mesh = sharding.make_mesh(parse_mesh(mesh_text))
   batch_sharding = sharding.batch_sharding(mesh)
@@ -53,12 +67,17 @@ def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_step
   median = statistics.median(times)
   flops = train_step_flops(model_cfg, mask_ratio)
   device = jax.devices()[0]
+  stats = throughput.step_stats(model_cfg, batch_size=n, step_s=median, mask_ratio=mask_ratio,
+                                devices=list(mesh.devices.flat), override_tflops=peak_tflops)
   return {
       "mesh": dict(mesh.shape), "steps": num_steps, "step_s_median": round(median, 4),
-      "step_s_min": round(min(times), 4), "img_per_s": round(n / median, 3), "compile_s": round(compile_s, 2),
+      "step_s_min": round(min(times), 4), **{k: round(v, 4) for k, v in stats.items()},
+      "compile_s": round(compile_s, 2),
       "temp_mb": round(memory.temp_size_in_bytes / 2**20, 1) if memory is not None else None,
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "gflops_per_img": round(flops / 1e9, 2), "achieved_gflops_per_s": round(flops * n / median / 1e9, 1),
       "final_loss": round(float(metrics["loss"]), 4), "device": f"{device.platform}:{device.device_kind}",
+      "attention_impl": resolve_attention(model_cfg.attention_impl, device.platform, model_cfg.dtype),
+      "remat": model_cfg.remat, "scan_blocks": model_cfg.scan_blocks,
       "num_devices": jax.device_count(), "num_cpus": os.cpu_count(), "python": platform.python_version(),
       "jax": jax.__version__, "flax": flax.__version__, "runtime": runtime.describe()}

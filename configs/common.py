@@ -8,7 +8,7 @@ A config file's `get_config(arg)` starts from `base(task)`, then sets its recipe
   warmup_epochs, num_train_examples (0: ask the data layer)
   optimizer.{blr, lr, min_lr, b1, b2, eps, weight_decay, clip_grad_norm, accum_steps, schedule, layer_decay,
              decay_1d, decay_pos_embed, poly_power, warmup_start, decay_rate}
-  compute_dtype, skip_nonfinite, mesh.{data, fsdp, model}
+  compute_dtype, skip_nonfinite, mesh.{data, fsdp, model}, peak_tflops
   log_every, checkpoint_every, keep_checkpoints, async_checkpoints, eval_every, image_every, num_preview
   init_from, strict_init, strict_resume, export, progress_bar, tensorboard
   model.{name, <ModelConfig fields>}, data.{<data layer keys>}, loss.{...}, metrics.{...} (per task)
@@ -94,6 +94,7 @@ def base(task: str) -> ml_collections.ConfigDict:
   c.compute_dtype = "bfloat16"      # matmul dtype; params, optimizer state and loss stay float32
   c.skip_nonfinite = False          # False: stop with the step number; True: skip such updates and continue
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))   # one axis may be -1 (= the rest)
+  c.peak_tflops = 0.0               # per-device peak for the logged MFU; 0: look the device up (none for CPUs)
 
   # Bookkeeping.
   c.log_every = 50

@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 KINDS = ("mae", "vit", "seg", "cd")
 DENSE_KINDS = ("seg", "cd")             # per-pixel models: encoder + spectral merge + neck + FPN head
-ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
+ATTENTION_IMPLS = ("auto", "xla", "explicit_vjp", "cudnn", "pallas", "chunked")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 POS_EMBED_RESIZE = ("reinit", "interpolate")
 
 
@@ -48,8 +51,13 @@ class ModelConfig:
   neck_dropout: float = 0.5              # SegMunich-only dropouts: after each branch and after the PPM (cd: 0)
   fuse_dropout: float = 0.5              # dropout of the FPN fuse layers (Conv_fuse*, fuse_all), in both tasks
   dtype: str = "float32"                 # compute dtype of matmuls (params stay float32)
-  attention_impl: str = "xla"            # see layers.attention
+  # How the blocks are computed (never what: each switch is tested equal to the plain path; none of them changes
+  # the parameters, so checkpoints are interchangeable across them):
+  attention_impl: str = "auto"           # see models/attention.py; auto = the fastest for the platform
   attention_chunk: int = 256             # query chunk for attention_impl="chunked"
+  remat: str = "none"                    # recompute each block in the backward pass: none | full | dots (keep
+                                         # matmul outputs) | dots_no_batch (keep weight matmuls, not attention's)
+  scan_blocks: bool = False              # run the blocks under lax.scan: one compiled block (compile time of L/H)
 
   def __post_init__(self):
     def fail(key, why):
@@ -70,6 +78,8 @@ class ModelConfig:
       fail("num_classes", "a classifier needs num_classes > 0")
     if self.attention_impl not in ATTENTION_IMPLS:
       fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
+    if self.remat not in REMAT_POLICIES:
+      fail("remat", f"must be one of {REMAT_POLICIES}")
     if self.pos_embed_resize not in POS_EMBED_RESIZE:
       fail("pos_embed_resize", f"must be one of {POS_EMBED_RESIZE}")
     if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -143,6 +153,20 @@ _TINY_DENSE = dict(img_size=32, neck_channels=(32, 32, 64, 128), fpn_channels=16
 # Reference seg/cd (SegMunich / OSCD copies of models_vit_tensor_CD): drop path 0.5, 13 or 2 classes; OSCD has no
 # branch / PPM dropouts.
 _DENSE_TASKS = {"seg": dict(num_classes=13, neck_dropout=0.5), "cd": dict(num_classes=2, neck_dropout=0.0)}
+
+
+def resolve_attention(impl: str, platform: str, dtype=None) -> str:
+  """The attention implementation `impl` means on `platform` ("cpu" | "gpu" | "cuda" | "rocm" | "tpu"): "auto" ->
+  explicit_vjp on CPU (measured faster there, docs/benchmarks.md), pallas on TPU, cudnn on GPU for 16-bit
+  `dtype` (cuDNN's fused kernel has no float32 path; xla otherwise); any other value is returned as is."""
+  if impl != "auto":
+    return impl
+  if platform == "tpu":
+    return "pallas"
+  if platform in ("gpu", "cuda", "rocm"):
+    sixteen_bit = dtype is not None and np.dtype(dtype).name in ("bfloat16", "float16")
+    return "cudnn" if sixteen_bit and platform != "rocm" else "xla"
+  return "explicit_vjp"
 
 
 def _variants() -> dict[str, dict[str, Any]]:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from spectralgpt_jax.models.config import ModelConfig
-from spectralgpt_jax.models.layers import blocks, layer_norm
+from spectralgpt_jax.models.layers import blocks, layer_norm, run_blocks
 from spectralgpt_jax.models.patch_embed import JointPosEmbed, PatchEmbed, SeparablePosEmbed
 
 
@@ -32,9 +32,7 @@ class Encoder(nnx.Module):
     return self.patch_embed(x).astype(jnp.float32) + self.pos_embed()
 
   def run_blocks(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-    for block in self.blocks:
-      tokens = block(tokens, train=train, rngs=rngs)
-    return tokens
+    return run_blocks(self.blocks, tokens, train=train, rngs=rngs, remat=self.cfg.remat, scan=self.cfg.scan_blocks)
 
   def features(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Last-block token features [N, L, D] in token order l = t*(h*w) + i*w + j, before the final norm."""

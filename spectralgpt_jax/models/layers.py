@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spectralgpt_jax.models.attention import attention
+
 LN_EPS = 1e-6  # every reference LayerNorm (encoder, decoder, classifier) uses 1e-6
 
 
@@ -36,31 +38,6 @@ def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
   # Computed in float32 whatever the matmul dtype.
   return nnx.LayerNorm(dim, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False,
                        rngs=rngs, scale_metadata=axes("norm"), bias_metadata=axes("norm"))
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str = "xla", chunk: int = 256) -> jax.Array:
-  """Softmax attention over [N, L, heads, head_dim] inputs, scale 1/sqrt(head_dim), no masking, no dropout.
-
-  The one swappable attention function (roadmap: fast paths). `xla`: explicit softmax, fastest on CPU and exact;
-  `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (GPU fused kernel, fp16/bf16 only);
-  `chunked`: queries in chunks of `chunk`, halving peak memory for long sequences.
-  """
-  scale = q.shape[-1] ** -0.5
-  if impl == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
-
-  def block(qc):
-    logits = jnp.einsum("nqhd,nkhd->nhqk", qc * jnp.asarray(scale, qc.dtype), k,
-                        preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("nhqk,nkhd->nqhd", weights, v)
-
-  length = q.shape[1]
-  if impl == "chunked" and length > chunk and length % chunk == 0:
-    qs = q.reshape(q.shape[0], length // chunk, chunk, *q.shape[2:]).swapaxes(0, 1)
-    out = jax.lax.map(block, qs)
-    return out.swapaxes(0, 1).reshape(q.shape)
-  return block(q)
 
 
 class Attention(nnx.Module):
@@ -92,14 +69,15 @@ class Mlp(nnx.Module):
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
-def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Per-sample stochastic depth as timm: x / keep * floor(keep + U[0,1)) with one draw per sample."""
-  if rate == 0.0 or key is None:
+def drop_path(x: jax.Array, rate, key: jax.Array | None) -> jax.Array:
+  """Per-sample stochastic depth as timm: x / keep * floor(keep + U[0,1)) with one draw per sample. `rate` may be
+  traced (the scanned blocks pass their rates as an array); rate 0 then gives floor(1 + U) = 1, x unchanged."""
+  if key is None or (isinstance(rate, (int, float)) and rate == 0.0):
     return x
   keep = 1.0 - rate
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
   mask = jnp.floor(keep + jax.random.uniform(key, shape, dtype=jnp.float32))
-  return x / keep * mask.astype(x.dtype)
+  return x / jnp.asarray(keep, x.dtype) * mask.astype(x.dtype)
 
 
 class Block(nnx.Module):
@@ -114,13 +92,13 @@ class Block(nnx.Module):
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-    stochastic = train and self.drop_path_rate > 0.0
-    if stochastic and rngs is None:
-      raise ValueError("train=True with drop_path_rate > 0 needs rngs (a 'dropout' stream)")
-    key1 = rngs.dropout() if stochastic else None
-    key2 = rngs.dropout() if stochastic else None
-    x = x + drop_path(self.attn(self.norm1(x).astype(x.dtype)), self.drop_path_rate, key1)
-    return x + drop_path(self.mlp(self.norm2(x).astype(x.dtype)), self.drop_path_rate, key2)
+    return run_blocks([self], x, train=train, rngs=rngs)
+
+  def apply(self, x: jax.Array, keys: tuple[jax.Array, jax.Array] | None, rate) -> jax.Array:
+    """The block with explicit drop-path keys (None: no drop path) and rate (may be traced)."""
+    key1, key2 = keys if keys is not None else (None, None)
+    x = x + drop_path(self.attn(self.norm1(x).astype(x.dtype)), rate, key1)
+    return x + drop_path(self.mlp(self.norm2(x).astype(x.dtype)), rate, key2)
 
 
 def blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float, *, dtype, impl: str,
@@ -129,3 +107,47 @@ def blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rat
   rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
   return nnx.List([Block(dim, num_heads, mlp_ratio, r, dtype=dtype, impl=impl, chunk=chunk, rngs=rngs)
                    for r in rates])
+
+
+REMAT_POLICIES = {   # ModelConfig.remat -> what jax.checkpoint may keep from the forward pass of a block
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def run_blocks(blocks: Sequence[Block], x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
+               remat: str = "none", scan: bool = False) -> jax.Array:
+  """Apply `blocks` in order; `remat` (ModelConfig.remat) recomputes each block in the backward pass, `scan` runs
+  them under `lax.scan` over their stacked weights (one traced and compiled block instead of `depth`).
+
+  Both are the same computation as the plain loop: the drop-path keys are drawn in the same order (two per block
+  that has a rate, from the 'dropout' stream) and the parameters keep their per-block layout, so checkpoints do
+  not depend on these switches. Scanning stacks the weights at each call (one extra copy of the blocks' weights,
+  sharded as they are).
+  """
+  rates = [block.drop_path_rate for block in blocks]
+  stochastic = train and any(rate > 0 for rate in rates)
+  if stochastic and rngs is None:
+    raise ValueError("train=True with drop_path_rate > 0 needs rngs (a 'dropout' stream)")
+  keys = [(rngs.dropout(), rngs.dropout()) if stochastic and rate > 0 else None for rate in rates]
+  graphdef, _ = nnx.split(blocks[0])
+  apply = lambda state, h, block_keys, rate: nnx.merge(graphdef, state).apply(h, block_keys, rate)
+  if remat != "none":
+    apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+  states = [nnx.split(block)[1] for block in blocks]
+  if not scan or len(blocks) == 1:
+    for state, block_keys, rate in zip(states, keys, rates):
+      x = apply(state, x, block_keys, rate)
+    return x
+
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  if stochastic:   # blocks without a rate get an unused key: rate 0 leaves x unchanged (see drop_path)
+    filler = (jax.random.key(0), jax.random.key(0))
+    pairs = [k if k is not None else filler for k in keys]
+    scanned_keys = (jnp.stack([a for a, _ in pairs]), jnp.stack([b for _, b in pairs]))
+  else:
+    scanned_keys = None
+  body = lambda h, xs: (apply(xs[0], h, xs[1], xs[2]), None)
+  x, _ = jax.lax.scan(body, x, (stacked, scanned_keys, jnp.asarray(rates, jnp.float32)))
+  return x

@@ -8,7 +8,7 @@ from flax import nnx
 
 from spectralgpt_jax.models.config import ModelConfig
 from spectralgpt_jax.models.encoder import Encoder
-from spectralgpt_jax.models.layers import blocks, dense, layer_norm, param
+from spectralgpt_jax.models.layers import blocks, dense, layer_norm, param, run_blocks
 from spectralgpt_jax.models.patch_embed import SeparablePosEmbed, patchify
 
 
@@ -59,6 +59,7 @@ class Decoder(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     t, h, w = cfg.grid
     dim, dtype = cfg.decoder_embed_dim, jnp.dtype(cfg.dtype)
+    self.cfg = cfg
     self.embed = dense(cfg.embed_dim, dim, ("embed", None), "norm", dtype=dtype, rngs=rngs)
     self.mask_token = param(0.02 * jax.random.normal(rngs.params(), (1, 1, dim), jnp.float32), None, None, "embed")
     self.pos_embed = SeparablePosEmbed(h * w, t, dim, rngs=rngs)
@@ -74,8 +75,7 @@ class Decoder(nnx.Module):
     mask_tokens = jnp.broadcast_to(self.mask_token[...], (n, length - keep, dim))
     y = jnp.concatenate([y, mask_tokens], axis=1)
     y = jnp.take_along_axis(y, ids_restore[:, :, None], axis=1) + self.pos_embed()
-    for block in self.blocks:
-      y = block(y)
+    y = run_blocks(self.blocks, y, remat=self.cfg.remat, scan=self.cfg.scan_blocks)
     return self.pred(self.norm(y)).astype(jnp.float32)
 
 

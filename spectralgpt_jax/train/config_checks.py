@@ -17,7 +17,7 @@ TOP_KEYS = {
     "batch_size", "eval_batch_size", "total_steps", "total_epochs", "warmup_steps", "warmup_epochs",
     "num_train_examples", "log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints", "eval_every",
     "image_every", "num_preview", "compute_dtype", "skip_nonfinite", "init_from", "export", "progress_bar",
-    "tensorboard", "mesh", "model", "data", "optimizer",
+    "tensorboard", "mesh", "model", "data", "optimizer", "peak_tflops",
 }
 OPTIMIZER_KEYS = {"blr", "lr", "min_lr", "b1", "b2", "eps", "weight_decay", "clip_grad_norm", "accum_steps",
                   "schedule", "layer_decay", "decay_1d", "decay_pos_embed", "poly_power", "warmup_start",
@@ -105,6 +105,8 @@ def check(config, *, device_count: int, process_count: int = 1, num_train_exampl
 
   if config.compute_dtype not in COMPUTE_DTYPES:
     raise ConfigError(f"config.compute_dtype={config.compute_dtype!r}: must be one of {COMPUTE_DTYPES}")
+  if config.get("peak_tflops", 0.0) < 0:
+    raise ConfigError(f"config.peak_tflops={config.peak_tflops}: must be >= 0 (0: look the device up)")
   task, model = make_task(config) if task is None else (task, _task_model(task))
   if config.data.get("image_size", model.img_size) != model.img_size:
     raise ConfigError(f"config.data.image_size={config.data.image_size} differs from config.model.img_size="

@@ -34,7 +34,9 @@ from flax import nnx
 from spectralgpt_jax import export, sharding
 from spectralgpt_jax.data import bands as band_registry
 from spectralgpt_jax.interop import CheckpointMismatchError
+from spectralgpt_jax.models.flops import train_step_flops
 from spectralgpt_jax.train import checkpointing, config_checks, evaluation, images, metrics, optim, resume, steps
+from spectralgpt_jax.train import throughput
 from spectralgpt_jax.train import state as state_lib
 from spectralgpt_jax.train.resume import StopSignal
 
@@ -222,6 +224,20 @@ def _log_memory(memory) -> None:
                mib("alias_size_in_bytes"), mib("temp_size_in_bytes"), mib("generated_code_size_in_bytes"))
 
 
+def _throughput(r: Run) -> Callable[[float], dict[str, float]]:
+  """step time -> img_per_s, tokens_per_s, model_tflops_per_s and mfu (when the device's peak is known)."""
+  config, devices = r.config, list(r.mesh.devices.flat)
+  override = config.get("peak_tflops", 0.0)
+  peak = throughput.peak_tflops(devices[0], r.plan.model.dtype, override)
+  flops = train_step_flops(r.plan.model, config.model.get("mask_ratio", 0.9)) * config.batch_size
+  logging.info("train step: %.3g model TFLOP (analytic, forward + backward); MFU %s", flops / 1e12,
+               f"against a peak of {peak:g} TFLOP/s per device" if peak else
+               f"not logged: no peak known for {devices[0].device_kind!r} (set --config.peak_tflops)")
+  return lambda step_s: throughput.step_stats(r.plan.model, batch_size=config.batch_size, step_s=step_s,
+                                              mask_ratio=config.model.get("mask_ratio", 0.9), devices=devices,
+                                              override_tflops=override)
+
+
 def _previews(r: Run, first_batch) -> Callable[[nnx.State, int], None] | None:
   """PNG reconstruction previews of fixed (held-out when evaluating) images, for tasks that have them."""
   config, task = r.config, r.task
@@ -263,6 +279,7 @@ def train(r: Run) -> dict[str, Any]:
       functools.partial(steps.train_step, r.sharded.graphdef, r.keys[0], r.schedule, step_cfg, r.batch_sharding),
       r.state, r.sharded.shardings, batch, r.batch_sharding)
   _log_memory(memory)
+  throughput_of = _throughput(r)
   evaluate = _evaluator(r) if config.eval_every else None
   save_preview = _previews(r, batch)
   metric_keys = ("loss",) + tuple(k for k in task.train_metrics if k != "loss")
@@ -295,7 +312,7 @@ def train(r: Run) -> dict[str, Any]:
         last = _interval_summary(pending, metric_keys, config.skip_nonfinite)   # blocks until the steps are done
         now = time.time()
         step_s = (now - last_log_time - paused_s) / (step - last_log_step)
-        last.update(step_s=step_s, img_per_s=config.batch_size / step_s)
+        last.update(step_s=step_s, **throughput_of(step_s))
         r.writer.write(step, last)
         progress.update(step, {k: last[k] for k in ("loss", "lr", "img_per_s")})
         pending, last_log_time, last_log_step, paused_s = [], now, step, 0.0

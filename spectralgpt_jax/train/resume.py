@@ -21,9 +21,9 @@ from jax.experimental import multihost_utils
 from spectralgpt_jax.train import checkpointing, config_checks
 
 # What defines the state and the experiment of a run (schedule, logging and eval settings may change on resume,
-# and so may how attention is computed: another implementation of the same maths, e.g. on other hardware).
+# and so may how the blocks are computed: another implementation of the same maths, e.g. on other hardware).
 IDENTITY_PREFIXES = ("task", "model.", "data.name")
-NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk")
+NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk", "model.remat", "model.scan_blocks")
 
 
 def _identity(flat: dict[str, object]) -> dict[str, object]:

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from spectralgpt_jax import models
+from spectralgpt_jax.models.flops import train_step_flops
 from spectralgpt_jax.train import loop, metrics
 
 import train_testlib as tl
@@ -19,7 +21,8 @@ import train_testlib as tl
 HERE = os.path.dirname(os.path.abspath(__file__))
 # One configuration for every run in this file, so the uninterrupted in-process run is the reference for all.
 RUN = {"total_steps": 6, "batch_size": 8, "eval_batch_size": 8, "checkpoint_every": 2, "eval_every": 3,
-       "image_every": 3, "log_every": 1, "data.as_if_processes": 2}
+       "image_every": 3, "log_every": 1, "data.as_if_processes": 2,
+       "peak_tflops": 1e-3}   # a made-up per-device peak (1 GFLOP/s): CPUs have no table entry, MFU needs one
 LOSS_KEYS = ("loss", "loss_masked", "loss_spectral", "grad_norm", "lr")
 
 
@@ -70,6 +73,11 @@ def test_run_writes_metrics_images_tensorboard_export(reference):
   for row in rows.values():
     assert {"step", "loss", "loss_masked", "loss_spectral", "lr", "grad_norm", "img_per_s", "step_s"} <= set(row)
     np.testing.assert_allclose(row["loss"], row["loss_masked"] + row["loss_spectral"], rtol=1e-5)
+    # Throughput from the one analytic FLOP count (16 tokens per tiny image, 8 devices, batch 8).
+    cfg = models.get_config(tl.TINY_MODEL)
+    np.testing.assert_allclose(row["tokens_per_s"], row["img_per_s"] * cfg.num_tokens, rtol=1e-6)
+    flops = train_step_flops(cfg, mask_ratio=0.75) * RUN["batch_size"]
+    np.testing.assert_allclose(row["mfu"], flops / row["step_s"] / 8 / 1e12 / RUN["peak_tflops"], rtol=1e-6)
   assert rows[6]["loss"] < rows[1]["loss"]
   val = metrics.read_metrics(os.path.join(reference, "metrics.jsonl"), "val")
   assert sorted(val) == [3, 6] and val[6]["val_loss"] < val[3]["val_loss"]
