@@ -66,15 +66,15 @@ def test_auto_resolves_per_platform():
   assert set(ATTENTION_IMPLS) >= {"auto", "xla", "explicit_vjp", "cudnn", "pallas", "chunked"}
 
 
-def _loss_and_grads(name, train, **overrides):
+def _loss_and_grads(name, train, batch=2, **overrides):
   model = models.build(name, seed=0, **overrides)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  x = jax.random.uniform(jax.random.key(1), (2, model.cfg.img_size, model.cfg.img_size, model.cfg.num_frames))
+  x = jax.random.uniform(jax.random.key(1), (batch, model.cfg.img_size, model.cfg.img_size, model.cfg.num_frames))
 
   def loss(params):
     m = nnx.merge(graphdef, params, rest)
     if model.cfg.kind == "mae":
-      return m(x, mask_ratio=0.75, noise=jax.random.uniform(jax.random.key(2), (2, m.cfg.num_tokens)))["loss"]
+      return m(x, mask_ratio=0.75, noise=jax.random.uniform(jax.random.key(2), (batch, m.cfg.num_tokens)))["loss"]
     return jnp.mean(m(x, train=train, rngs=nnx.Rngs(dropout=3)) ** 2)
   return jax.jit(jax.value_and_grad(loss))(params)
 
@@ -124,3 +124,11 @@ def test_cudnn_attention_matches_xla_in_bfloat16():
   got = jax.jit(lambda *a: _attention_and_grads("cudnn", *a))(q, k, v, g)
   _assert_close(got, jax.jit(lambda *a: _attention_and_grads("xla", *a))(q, k, v, g), 3e-2)
   assert resolve_attention("auto", jax.default_backend(), jnp.bfloat16) == "cudnn"
+
+
+def test_scanned_blocks_under_a_mesh_equal_the_loop():
+  """Under a (2, 2, 2) mesh the scan's carry is pinned batch-sharded (sharding.constrain): same loss and gradients."""
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, model=2), devices=jax.devices()[:8])
+  with jax.set_mesh(mesh):
+    scanned = _loss_and_grads("mae_vit_tiny", False, attention_impl="xla", scan_blocks=True, batch=4)
+  _assert_close(scanned, _loss_and_grads("mae_vit_tiny", False, attention_impl="xla", batch=4), 1e-5)

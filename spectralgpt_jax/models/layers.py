@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from spectralgpt_jax import sharding
 from spectralgpt_jax.models.attention import attention
 
 LN_EPS = 1e-6  # every reference LayerNorm (encoder, decoder, classifier) uses 1e-6
@@ -148,6 +149,10 @@ def run_blocks(blocks: Sequence[Block], x: jax.Array, *, train: bool = False, rn
     scanned_keys = (jnp.stack([a for a, _ in pairs]), jnp.stack([b for _, b in pairs]))
   else:
     scanned_keys = None
-  body = lambda h, xs: (apply(xs[0], h, xs[1], xs[2]), None)
-  x, _ = jax.lax.scan(body, x, (stacked, scanned_keys, jnp.asarray(rates, jnp.float32)))
+  # The carry's layout is pinned to batch-sharded: sharding propagation does not see through the while loop,
+  # and left to itself the TPU compiler kept the activations inside it unsharded (205 GiB per chip instead of
+  # 15 for ViT-B at batch 4096 on v5e-64, docs/scaling.md).
+  body = lambda h, xs: (sharding.constrain(apply(xs[0], sharding.constrain(h, "batch"), xs[1], xs[2]), "batch"),
+                        None)
+  x, _ = jax.lax.scan(body, sharding.constrain(x, "batch"), (stacked, scanned_keys, jnp.asarray(rates, jnp.float32)))
   return x

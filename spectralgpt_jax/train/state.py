@@ -45,9 +45,9 @@ class ShardedState:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.shardings)
 
 
-def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None, mesh: jax.sharding.Mesh,
-                   seed: int) -> ShardedState:
-  """A TrainState (or, with `tx=None`, a ModelState) whose arrays are created directly on their devices."""
+def _layout(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None, mesh: jax.sharding.Mesh,
+            seed: int) -> tuple[Callable[[], nnx.Module], ShardedState]:
+  """The init function and a ShardedState whose `state` is still abstract (eval_shape leaves), with its shardings."""
   def init() -> nnx.Module:
     model = models.build_from_config(model_cfg, seed=seed)
     return ModelState(model) if tx is None else TrainState(model, tx)
@@ -55,8 +55,24 @@ def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformati
   abstract = nnx.eval_shape(init)
   graphdef, abstract_state = nnx.split(abstract)     # the only split: the graphdef is reused by every step
   shardings = sharding.shardings_for(abstract_state, nnx.get_partition_spec(abstract_state), mesh)
-  state = jax.jit(lambda: nnx.state(init()), out_shardings=shardings)()
-  return ShardedState(graphdef, state, shardings)
+  return init, ShardedState(graphdef, abstract_state, shardings)
+
+
+def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None, mesh: jax.sharding.Mesh,
+                   seed: int) -> ShardedState:
+  """A TrainState (or, with `tx=None`, a ModelState) whose arrays are created directly on their devices."""
+  init, layout = _layout(model_cfg, tx, mesh, seed)
+  state = jax.jit(lambda: nnx.state(init()), out_shardings=layout.shardings)()
+  return dataclasses.replace(layout, state=state)
+
+
+def abstract_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None,
+                     mesh: jax.sharding.Mesh) -> ShardedState:
+  """The same state as `create_sharded` with ShapeDtypeStructs (carrying the shardings) for arrays: nothing is
+  allocated, so a step can be compiled ahead of time for devices this process cannot touch (a TPU topology from a
+  CPU host, benchmarks/memory_plan.py)."""
+  _, layout = _layout(model_cfg, tx, mesh, seed=0)
+  return dataclasses.replace(layout, state=layout.abstract())
 
 
 def model_params(state: nnx.State) -> nnx.State:
