@@ -75,6 +75,7 @@ BEN_PATCHES = {  # name -> 43-class labels
     "S2A_MSIL2A_20170613T101031_1_3": ["Airports", "Port areas"],  # all labels drop -> excluded
     "S2A_MSIL2A_20170613T101031_1_4": ["Coniferous forest"],  # in the snow list
     "S2A_MSIL2A_20170613T101031_1_5": ["Water bodies"],  # val
+    "S2A_MSIL2A_20170613T101031_1_6": ["Mixed forest"],  # test
 }
 
 
@@ -104,7 +105,7 @@ def bigearthnet(root: str, patches=None):
   write(os.path.join(lists, "patches_with_no_19_class_targets.csv"), names[2] + "\n")
   write(os.path.join(lists, "train.csv"), "\r\n".join(names[:2] + names[2:4]) + "\r\n")  # 2,3 get excluded
   write(os.path.join(lists, "val.csv"), names[4] + "\r\n")
-  write(os.path.join(lists, "test.csv"), "S2A_MSIL2A_20170613T101031_9_9\r\n")  # listed, not on disk
+  write(os.path.join(lists, "test.csv"), names[5] + "\r\nS2A_MSIL2A_20170613T101031_9_9\r\n")  # 9_9: not on disk
   return data, lists
 
 

@@ -42,7 +42,7 @@ def test_builders_are_tf_free_and_schema(prepared):
   assert len(src) == 2
   assert {tuple(np.flatnonzero(src[i]["labels"])) for i in range(2)} == {(2,), (4, 18)}
   builder = tfds.builder_from_directory(os.path.join(prepared, "bigearthnet_s2", "1.0.0"))
-  assert set(builder.info.splits) == {"train", "val"}  # test: nothing on disk; train_10pct: round(0.1 * 2) = 0
+  assert set(builder.info.splits) == {"train", "val", "test"}  # train_10pct: round(0.1 * 2) = 0 examples
   assert builder.info.metadata["bands"] == list(bands.CANONICAL)
   report = json.load(open(os.path.join(prepared, "bigearthnet_s2", "1.0.0", "prepare_report.json")))
   assert report["excluded"] == {"no_19_class_targets": 1, "seasonal_snow": 1, "not_on_disk": 1}

@@ -51,7 +51,7 @@ def test_bigearthnet_fixture_labels_lists_and_resampling(tmp_path):
   names = list(fx.BEN_PATCHES)
   assert reader.split_names("train", report) == names[:2]  # no-19-label and snowy patches dropped
   assert reader.split_names("val", report) == [names[4]]
-  assert reader.split_names("test", report) == []
+  assert reader.split_names("test", report) == [names[5]]
   assert dict(report.excluded) == {"no_19_class_targets": 1, "seasonal_snow": 1, "not_on_disk": 1}
   ex = reader.read(names[0])
   assert ex["image"].shape == (120, 120, 12) and ex["image"].dtype == np.uint16
@@ -243,3 +243,42 @@ def test_seeded_ten_percent_subset():
   assert len(a) == 20 and set(a) <= set(names) and a == sorted(a)
   assert a == bigearthnet.seeded_subset(list(reversed(names)), 0.1, seed=0)  # independent of list order
   assert a != bigearthnet.seeded_subset(names, 0.1, seed=1)
+
+
+def test_eurosat_archive_choice(tmp_path, caplog):
+  """Only the multispectral archives count: EuroSAT100.zip / the RGB EuroSAT.zip sorted first used to be taken."""
+  fx.eurosat(str(tmp_path), as_zip=True)
+  os.rename(tmp_path / "EuroSAT_MS.zip", tmp_path / "EuroSATallBands.zip")
+  for decoy in ("EuroSAT.zip", "EuroSAT100.zip"):
+    (tmp_path / decoy).write_bytes(b"PK\x05\x06" + bytes(18))      # an empty zip
+  assert eurosat.find_source(str(tmp_path)) == str(tmp_path / "EuroSATallBands.zip")
+  assert "ignoring EuroSAT.zip, EuroSAT100.zip" in caplog.text
+  shutil.copy(tmp_path / "EuroSATallBands.zip", tmp_path / "EuroSAT_MS.zip")
+  with pytest.raises(DataError, match=r"several EuroSAT-MS archives \(EuroSAT_MS.zip, EuroSATallBands.zip\)"):
+    eurosat.find_source(str(tmp_path))
+
+
+def test_eurosat_only_rgb_or_subset_zips_is_an_error(tmp_path):
+  (tmp_path / "EuroSAT.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+  with pytest.raises(DataError, match=r"EuroSAT.zip is not the EuroSAT-MS \(13-band\) archive"):
+    eurosat.find_source(str(tmp_path))
+  fx.eurosat(str(tmp_path))                                          # extracted GeoTIFFs beside it: fine
+  assert eurosat.find_source(str(tmp_path)) == str(tmp_path)
+
+
+def test_bigearthnet_split_without_patches_is_an_error_naming_the_layout(tmp_path):
+  """An empty split used to "prepare" fine (splits {}), and was reused later: now one error naming what is there."""
+  _, lists = fx.bigearthnet(str(tmp_path / "v1"))
+  reben = tmp_path / "reben"
+  (reben / "BigEarthNet-S2" / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP").mkdir(parents=True)
+  (reben / "metadata.parquet").write_bytes(b"")
+  reader = bigearthnet.BigEarthNet(str(reben), lists)
+  splits = {s: reader.split_names(s) for s in bigearthnet.SPLITS}
+  with pytest.raises(DataError, match=r"no patch of BigEarthNet split\(s\) train, val, test .*S2A_MSIL2A_20170613T"
+                     r"101031_1_1.*BigEarthNet v2.0 \(reBEN\) layout"):
+    reader.require_nonempty(splits)
+  high = tmp_path / "high"
+  fx.bigearthnet(str(high / "downloads"))          # the data one level further down than --manual_dir
+  reader = bigearthnet.BigEarthNet(str(high), lists)
+  with pytest.raises(DataError, match=r"one level too high"):
+    reader.require_nonempty({s: reader.split_names(s) for s in bigearthnet.SPLITS})

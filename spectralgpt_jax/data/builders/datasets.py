@@ -10,7 +10,6 @@ Element schema (all images uint16, canonical band order, bands in `info.metadata
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -42,8 +41,7 @@ class EurosatMs(Sentinel2Builder):
 
   def _split_generators(self, dl_manager):
     root = self._manual_dir(dl_manager)
-    zips = sorted(f for f in os.listdir(root) if f.lower().endswith(".zip") and "eurosat" in f.lower())
-    reader = eurosat.EuroSAT(os.path.join(root, zips[0]) if zips else root, split_dir=root)
+    reader = eurosat.EuroSAT(eurosat.find_source(root), split_dir=root)
     return {split: self._generate_examples(stems, reader.read) for split, stems in reader.splits().items()}
 
 
@@ -76,6 +74,7 @@ class BigearthnetS2(Sentinel2Builder):
   def _split_generators(self, dl_manager):
     reader = bigearthnet.BigEarthNet(self._manual_dir(dl_manager), self.lists_dir)
     splits = {s: reader.split_names(s, self.report) for s in bigearthnet.SPLITS}
+    reader.require_nonempty(splits)
     splits["train_10pct"] = bigearthnet.seeded_subset(splits["train"], self.SUBSET_FRACTION, self.SUBSET_SEED)
     return {s: self._generate_examples(names, reader.read) for s, names in splits.items() if names}
 

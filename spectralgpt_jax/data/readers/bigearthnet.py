@@ -167,6 +167,26 @@ class BigEarthNet:
       names.append(n)
     return seeded_subset(names, subset_fraction, subset_seed) if subset_fraction < 1 else names
 
+  def require_nonempty(self, splits: dict[str, list[str]]) -> None:
+    """Raise DataError when a split has no patch on disk: an empty "prepared" dataset would otherwise be written
+    (and later reused), and training would fail much later without saying why. Names the root, a few expected
+    patch folders, and what the root looks like instead (BigEarthNet v2.0 / reBEN, or one level too high)."""
+    empty = [split for split, names in splits.items() if not names]
+    if not empty:
+      return
+    expected = common.read_name_list(find_list(self.lists_dir, empty[0]))[:3]
+    entries = sorted(os.listdir(self.root))
+    if "metadata.parquet" in entries or "BigEarthNet-S2" in entries:
+      hint = ("this is the BigEarthNet v2.0 (reBEN) layout (metadata.parquet, BigEarthNet-S2/<tile>/<patch>), "
+              "which the v1.0 builder cannot read; use the BigEarthNet-S2 v1.0 archive")
+    elif entries and all(os.path.isdir(os.path.join(self.root, e)) for e in entries) and len(entries) <= 5:
+      hint = (f"it holds only {', '.join(entries)}: is --manual_dir one level too high? point it at the folder "
+              "that holds the patch folders")
+    else:
+      hint = f"it holds {len(entries)} entries, none of them a listed patch"
+    raise DataError(f"{self.root}: no patch of BigEarthNet split(s) {', '.join(empty)} is there (expected folders "
+                    f"such as {', '.join(expected)}); {hint}")
+
   def read_labels(self, name: str) -> np.ndarray:
     path = os.path.join(self.root, name, f"{name}_labels_metadata.json")
     if not os.path.exists(path):

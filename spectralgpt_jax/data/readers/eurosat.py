@@ -22,6 +22,36 @@ from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.data.readers import common
 from spectralgpt_jax.data.readers.common import DataError
 
+# The archives EuroSAT-MS (13-band GeoTIFFs) is distributed as: Zenodo's and torchgeo's. Others that match
+# "*eurosat*.zip" are not it: EuroSAT.zip holds the RGB JPEGs, EuroSAT100.zip a 100-image test subset.
+MS_ARCHIVES = ("EuroSAT_MS.zip", "EuroSATallBands.zip")
+
+
+def find_source(root: str) -> str:
+  """The EuroSAT-MS archive in `root` (exactly one of MS_ARCHIVES), else `root` itself (an extracted folder).
+
+  Other EuroSAT zips are ignored with a warning when `root` holds extracted GeoTIFFs, else an error names them;
+  two multispectral archives are an error (which one was meant cannot be guessed)."""
+  zips = sorted(f for f in os.listdir(root) if f.lower().endswith(".zip") and "eurosat" in f.lower())
+  known = {a.lower() for a in MS_ARCHIVES}
+  archives = [f for f in zips if f.lower() in known]
+  others = [f for f in zips if f.lower() not in known]
+  if len(archives) > 1:
+    raise DataError(f"{root}: several EuroSAT-MS archives ({', '.join(archives)}); keep one of them")
+  if archives:
+    if others:
+      logging.warning("%s: using %s, ignoring %s (not the multispectral archive)", root, archives[0], ", ".join(others))
+    return os.path.join(root, archives[0])
+  if others:
+    has_tifs = any(f.lower().endswith((".tif", ".tiff")) for _, _, files in os.walk(root) for f in files)
+    if not has_tifs:
+      raise DataError(f"{root}: {', '.join(others)} is not the EuroSAT-MS (13-band) archive: EuroSAT.zip holds RGB "
+                      f"JPEGs, EuroSAT100.zip a 100-image subset; put one of {', '.join(MS_ARCHIVES)} (or its "
+                      "extracted folder) there")
+    logging.warning("%s: reading the extracted GeoTIFFs, ignoring %s", root, ", ".join(others))
+  return root
+
+
 CLASSES = (
     "AnnualCrop",
     "Forest",
