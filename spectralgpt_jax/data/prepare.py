@@ -16,6 +16,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from spectralgpt_jax.data.builders import BUILDERS
+from spectralgpt_jax.data.readers.common import DataError
 
 
 def prepare(dataset: str, manual_dir: str, data_dir: str, on_error: str = "raise", **builder_kwargs):
@@ -46,7 +47,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   tfds.display_progress_bar(True)
   kwargs = {"lists_dir": args.lists_dir} if args.dataset == "bigearthnet" else {}
-  builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.on_error, **kwargs)
+  try:
+    builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.on_error, **kwargs)
+  except DataError as e:          # bad or missing data: one line naming the file / folder, not a traceback
+    print(f"prepare: {e}", file=sys.stderr)
+    return 2
   summary = builder.report.summary()
   print(
       json.dumps(

@@ -10,6 +10,7 @@ import s2_fixtures as fx
 import tensorflow_datasets as tfds
 
 from spectralgpt_jax.data import bands, pipeline, prepare, sources
+from spectralgpt_jax.data.readers.common import DataError
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,27 @@ def test_finetune_pipelines_on_prepared(prepared):
   # test city 130x140 with 64 px windows, 50 % overlap: rows 0,32,64,66 x cols 0,32,64,76 = 16 windows
   assert sum(int(e["valid"].sum()) for e in ev) == 16
   assert ev[0]["image1"].shape == (4, 64, 64, 12) and ev[0]["change"].shape == (4, 64, 64)
+
+
+def test_skip_policy_keeps_the_reasons_when_a_split_ends_empty(tmp_path):
+  """Every val/test file broken with on_error=skip: tfds stops with "No examples were yielded"; the reasons used to
+  be lost with the incomplete directory. Now one error naming the first files and the written report."""
+  manual = tmp_path / "eurosat"
+  fx.eurosat(str(manual))                                 # 3 train, 2 val, 1 test (Neumann split files)
+  for tif in (manual / "EuroSAT_MS").rglob("*.tif"):
+    tif.write_bytes(b"II*\x00garbage")
+  with pytest.raises(DataError, match=r"eurosat_ms: preparation failed .* after skipping \d+ file\(s\) with "
+                     r"on_error=skip; first: \w+_\d: .*\.tif.*prepare_report\.failed\.json"):
+    prepare.prepare("eurosat", str(manual), str(tmp_path / "tfds"), on_error="skip")
+  report = json.load(open(tmp_path / "tfds" / "eurosat_ms" / "prepare_report.failed.json"))
+  assert report["skipped"] >= 1 and report["skipped_examples"][0]["reason"]
+
+
+def test_prepare_command_reports_an_empty_bigearthnet_in_one_line(tmp_path, capsys):
+  _, lists = fx.bigearthnet(str(tmp_path / "v1"))
+  (tmp_path / "reben" / "BigEarthNet-S2").mkdir(parents=True)
+  code = prepare.main(["--dataset", "bigearthnet", "--manual_dir", str(tmp_path / "reben"), "--data_dir",
+                       str(tmp_path / "tfds"), "--lists_dir", lists])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "BigEarthNet v2.0 (reBEN) layout" in err[0]
+  assert not (tmp_path / "tfds" / "bigearthnet_s2" / "1.0.0" / "dataset_info.json").exists()   # nothing "prepared"

@@ -69,6 +69,18 @@ class Sentinel2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield ex["id"], ex
 
   def _download_and_prepare(self, dl_manager, download_config):
-    super()._download_and_prepare(dl_manager, download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except Exception as e:
+      if not self.report.skipped:
+        raise
+      # With on_error="skip" a split whose every file was bad ends in tfds's "No examples were yielded": the
+      # reasons would be lost with the incomplete directory, so they are written beside it and named here.
+      path = os.path.join(os.path.dirname(os.fspath(self.data_path)), "prepare_report.failed.json")
+      self.report.write(path)
+      first = "; ".join(f"{where}: {reason}" for where, reason in self.report.skipped[:3])
+      raise common.DataError(f"{self.name}: preparation failed ({type(e).__name__}: {str(e).splitlines()[0]}) "
+                             f"after skipping {len(self.report.skipped)} file(s) with on_error=skip; first: "
+                             f"{first}; every reason: {path}") from None
     # Written next to the prepared files (the incomplete dir is renamed into place afterwards).
     self.report.write(os.path.join(os.fspath(self.data_path), "prepare_report.json"))
