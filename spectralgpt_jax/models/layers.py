@@ -110,7 +110,7 @@ def blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rat
                    for r in rates])
 
 
-REMAT_POLICIES = {   # ModelConfig.remat -> what jax.checkpoint may keep from the forward pass of a block
+CHECKPOINT_POLICIES = {   # ModelConfig.remat -> what jax.checkpoint may keep from the forward pass of a block
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -135,7 +135,7 @@ def run_blocks(blocks: Sequence[Block], x: jax.Array, *, train: bool = False, rn
   graphdef, _ = nnx.split(blocks[0])
   apply = lambda state, h, block_keys, rate: nnx.merge(graphdef, state).apply(h, block_keys, rate)
   if remat != "none":
-    apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+    apply = jax.checkpoint(apply, policy=CHECKPOINT_POLICIES[remat])
   states = [nnx.split(block)[1] for block in blocks]
   if not scan or len(blocks) == 1:
     for state, block_keys, rate in zip(states, keys, rates):

@@ -227,14 +227,14 @@ def _log_memory(memory) -> None:
 def _throughput(r: Run) -> Callable[[float], dict[str, float]]:
   """step time -> img_per_s, tokens_per_s, model_tflops_per_s and mfu (when the device's peak is known)."""
   config, devices = r.config, list(r.mesh.devices.flat)
-  override = config.get("peak_tflops", 0.0)
+  override, mask_ratio = config.get("peak_tflops", 0.0), config.model.get("mask_ratio", 0.9)
   peak = throughput.peak_tflops(devices[0], r.plan.model.dtype, override)
-  flops = train_step_flops(r.plan.model, config.model.get("mask_ratio", 0.9)) * config.batch_size
+  flops = train_step_flops(r.plan.model, mask_ratio) * config.batch_size
   logging.info("train step: %.3g model TFLOP (analytic, forward + backward); MFU %s", flops / 1e12,
                f"against a peak of {peak:g} TFLOP/s per device" if peak else
                f"not logged: no peak known for {devices[0].device_kind!r} (set --config.peak_tflops)")
   return lambda step_s: throughput.step_stats(r.plan.model, batch_size=config.batch_size, step_s=step_s,
-                                              mask_ratio=config.model.get("mask_ratio", 0.9), devices=devices,
+                                              mask_ratio=mask_ratio, devices=devices,
                                               override_tflops=override)
 
 
