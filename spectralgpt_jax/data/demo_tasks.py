@@ -42,7 +42,7 @@ import tempfile
 import numpy as np
 
 from spectralgpt_jax.data import bands as bandlib
-from spectralgpt_jax.data import demo
+from spectralgpt_jax.data import demo, families
 from spectralgpt_jax.data import transforms
 from spectralgpt_jax.data.readers.common import MissingSplitError
 
@@ -374,8 +374,8 @@ class DemoChange(_DemoSource):
     return self._describe(seed=self.seed, pastes=self.pastes, gain=self.gain, offset=self.offset, noise=self.noise)
 
 
-SOURCES = {"eurosat": DemoClassification, "bigearthnet": DemoMultiLabel, "segmunich": DemoSegmentation,
-           "oscd": DemoChange}
+SOURCES = families.with_aliases({"eurosat": DemoClassification, "bigearthnet": DemoMultiLabel,
+                                 "segmunich": DemoSegmentation, "oscd": DemoChange})
 
 
 def _source_class(name: str):

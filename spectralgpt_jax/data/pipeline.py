@@ -28,19 +28,21 @@ import ml_collections
 import numpy as np
 
 from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.data import families
 from spectralgpt_jax.data import sources
 from spectralgpt_jax.data import transforms as T
 from spectralgpt_jax.data.readers import segmunich
 
-PRETRAIN_DATASETS = ("demo", "fmow_sentinel", "bigearthnet")
-FINETUNE_DATASETS = ("eurosat", "bigearthnet", "segmunich", "oscd")
+# bigearthnet_v2 (BigEarthNet v2.0 / reBEN) follows the bigearthnet recipe everywhere (families.py).
+PRETRAIN_DATASETS = ("demo", "fmow_sentinel", "bigearthnet", "bigearthnet_v2")
+FINETUNE_DATASETS = ("eurosat", "bigearthnet", "bigearthnet_v2", "segmunich", "oscd")
 # Keys of a fine-tuning batch per dataset: model inputs, then the label.
-FINETUNE_KEYS = {
+FINETUNE_KEYS = families.with_aliases({
     "eurosat": ("image", "label"),
     "bigearthnet": ("image", "labels"),
     "segmunich": ("image", "mask"),
     "oscd": ("image1", "image2", "change"),
-}
+})
 DENSE_DATASETS = ("segmunich", "oscd")   # served as windows of whole scenes (tiles / cities)
 WINDOW_KEYS = ("scene", "y", "x", "window")
 
@@ -78,15 +80,16 @@ def default_data_config(name: str, task: str = "pretrain") -> ml_collections.Con
   cfg.cutmix = 0.0
   cfg.label_smoothing = 0.0
   if task == "finetune":
-    if name == "eurosat":  # reference: Normalize(SSL4EO L2A stats) + RRC/flip; mixup 0.8 / cutmix 1.0
+    recipe = families.family(name)
+    if recipe == "eurosat":  # reference: Normalize(SSL4EO L2A stats) + RRC/flip; mixup 0.8 / cutmix 1.0
       cfg.normalization, cfg.stats = "zscore", "ssl4eo_s12_l2a"
       cfg.mixup, cfg.cutmix, cfg.label_smoothing = 0.8, 1.0, 0.1
-    elif name == "bigearthnet":  # reference: SentinelNormalize(fMoW stats without B10), 10 % of train
+    elif recipe == "bigearthnet":  # reference: SentinelNormalize(fMoW stats without B10), 10 % of train
       cfg.normalization, cfg.stats = "satmae_2sigma", "fmow_sentinel"
       cfg.train_split = "train_10pct"
-    elif name == "segmunich":
+    elif recipe == "segmunich":
       cfg.hflip, cfg.vflip, cfg.rot90 = True, True, True
-    elif name == "oscd":
+    elif recipe == "oscd":
       cfg.rot90 = True
   return cfg
 
@@ -137,8 +140,8 @@ def class_names(cfg) -> tuple[str, ...]:
     return ("no change", "change")
   from spectralgpt_jax.data.readers import bigearthnet, eurosat, fmow, segmunich
 
-  table = {"eurosat": eurosat.CLASSES, "bigearthnet": bigearthnet.LABELS_19, "segmunich": segmunich.CLASSES,
-           "fmow_sentinel": fmow.CATEGORIES}
+  table = families.with_aliases({"eurosat": eurosat.CLASSES, "bigearthnet": bigearthnet.LABELS_19,
+                                 "segmunich": segmunich.CLASSES, "fmow_sentinel": fmow.CATEGORIES})
   if name not in table:
     raise ValueError(f"dataset {name!r} has no class names; known: {sorted(table) + ['oscd']}")
   return tuple(table[name])
@@ -230,7 +233,7 @@ def finetune_iterator(
   ops = element_ops(cfg, train, bands, keys, fixed_size=fixed)
   batch_ops = []
   mixing = cfg.get("mixup", 0) > 0 or cfg.get("cutmix", 0) > 0 or cfg.get("label_smoothing", 0) > 0
-  if train and name in ("eurosat", "bigearthnet") and mixing:
+  if train and families.family(name) in ("eurosat", "bigearthnet") and mixing:
     batch_ops.append(
         T.MixupCutmix(
             len(class_names(cfg)),

@@ -14,10 +14,11 @@ from spectralgpt_jax.data import transforms
 from spectralgpt_jax.data.readers.common import MissingSplitError
 
 # Contract dataset name -> tfds builder name (ours are prefixed/suffixed to avoid tfds's stock `eurosat` and
-# `bigearthnet`, which need TensorFlow / apache-beam).
+# `bigearthnet`, which need TensorFlow / apache-beam). `bigearthnet_v2` reads its default config (no reference maps).
 BUILDER_NAMES = {
     "eurosat": "eurosat_ms",
     "bigearthnet": "bigearthnet_s2",
+    "bigearthnet_v2": "bigearthnet_v2",
     "fmow_sentinel": "fmow_sentinel",
     "segmunich": "segmunich",
     "oscd": "oscd",
@@ -39,6 +40,8 @@ def tfds_source(name: str, split: str, data_dir: str | None):
   data_dir = data_dir or default_data_dir()
   builder = tfds.builder(BUILDER_NAMES[name], data_dir=data_dir)
   if not builder.is_prepared():
+    builder = _older_version(builder) or builder
+  if not builder.is_prepared():
     raise FileNotFoundError(
         f"dataset {name!r} is not prepared under {data_dir}; run: python -m spectralgpt_jax.data.prepare "
         f"--dataset {name} --manual_dir <downloaded data> --data_dir {data_dir}"
@@ -47,6 +50,23 @@ def tfds_source(name: str, split: str, data_dir: str | None):
     raise MissingSplitError(f"dataset {name!r} under {data_dir} has no split {split!r}; it has "
                             f"{list(builder.info.splits)} (config.data.train_split / eval_split)")
   return builder.as_data_source(split), tuple(builder.info.metadata["bands"])
+
+
+def _older_version(builder):
+  """The newest version prepared beside the current one (1.0.0 stored tensors in slower encodings; it reads the
+  same values), with a warning; None when there is none."""
+  import logging
+
+  import tensorflow_datasets as tfds
+
+  parent = builder.data_path.parent
+  found = sorted((p for p in parent.glob("*.*.*") if (p / "dataset_info.json").exists()),
+                 key=lambda p: tfds.core.Version(p.name), reverse=True) if parent.exists() else []
+  if not found:
+    return None
+  logging.warning("%s: reading version %s of the prepared dataset; prepare it again for version %s (faster to "
+                  "decode)", parent, found[0].name, builder.version)
+  return tfds.builder_from_directory(found[0])
 
 
 def reference_window_starts(length: int, window: int) -> list[int]:

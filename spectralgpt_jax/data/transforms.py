@@ -18,20 +18,21 @@ import grain
 import numpy as np
 
 from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.data import families
 
 STATS_DIR = os.path.join(os.path.dirname(__file__), "stats")
 IMAGE_KEYS = ("image", "image1", "image2")
 MAP_KEYS = ("mask", "change")
 # eps of the reference's per-image min-max, per dataset (util/datasets.py, SegMunich and OSCD scripts).
-# OSCD used no eps (NaN on constant bands); we use 1e-12 there instead.
-REFERENCE_MINMAX_EPS = {
+# OSCD used no eps (NaN on constant bands); we use 1e-12 there instead. BigEarthNet v2.0 as v1.
+REFERENCE_MINMAX_EPS = families.with_aliases({
     "fmow_sentinel": 1e-10,
     "bigearthnet": 1e-12,
     "segmunich": 1e-9,
     "oscd": 1e-12,
     "demo": 1e-12,
     "eurosat": 1e-12,
-}
+})
 
 
 def load_stats(name: str, bands: Sequence[str] = bandlib.CANONICAL) -> tuple[np.ndarray, np.ndarray]:

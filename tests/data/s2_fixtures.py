@@ -17,6 +17,7 @@ import tifffile
 from PIL import Image
 
 from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.data.readers import eurosat as eurosat_reader
 
 REAL_BEN = os.path.join(os.path.dirname(__file__), "bigearthnet_s2_example")
 
@@ -66,6 +67,19 @@ def eurosat(root: str, layout: str = "zenodo", as_zip: bool = False, per_class: 
     write(os.path.join(root, "eurosat-val.txt"), "".join(f"{c}_2.jpg\n" for c in EUROSAT_CLASSES[:2]))
     write(os.path.join(root, "eurosat-test.txt"), f"{EUROSAT_CLASSES[2]}_2.jpg\n")
   return root
+
+
+def eurosat_lists(root: str, files: dict) -> dict:
+  """Writes split files {file name: stems}: SpectralGPT's line format for `*_euro_result.txt`, else Neumann's."""
+  paths = {}
+  for name, stems in files.items():
+    if name.endswith("_euro_result.txt"):  # `tif/<Class>/<stem>.tif <label id>`
+      classes = [s.rsplit("_", 1)[0] for s in stems]
+      lines = [f"tif/{c}/{s}.tif {eurosat_reader.CLASSES.index(c)}\n" for c, s in zip(classes, stems)]
+    else:
+      lines = [f"{s}.jpg\n" for s in stems]
+    paths[name] = write(os.path.join(root, name), "".join(lines))
+  return paths
 
 
 # ------------------------------------------------------------------------------------------------ BigEarthNet

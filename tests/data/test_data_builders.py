@@ -11,6 +11,9 @@ import tensorflow_datasets as tfds
 
 from spectralgpt_jax.data import bands, pipeline, prepare, sources
 from spectralgpt_jax.data.readers.common import DataError
+from spectralgpt_jax.data.builders.base import Sentinel2Builder
+
+VERSION = str(Sentinel2Builder.VERSION)   # the prepared datasets' folder
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +45,10 @@ def test_builders_are_tf_free_and_schema(prepared):
   src, _ = sources.tfds_source("bigearthnet", "train", prepared)
   assert len(src) == 2
   assert {tuple(np.flatnonzero(src[i]["labels"])) for i in range(2)} == {(2,), (4, 18)}
-  builder = tfds.builder_from_directory(os.path.join(prepared, "bigearthnet_s2", "1.0.0"))
+  builder = tfds.builder_from_directory(os.path.join(prepared, "bigearthnet_s2", VERSION))
   assert set(builder.info.splits) == {"train", "val", "test"}  # train_10pct: round(0.1 * 2) = 0 examples
   assert builder.info.metadata["bands"] == list(bands.CANONICAL)
-  report = json.load(open(os.path.join(prepared, "bigearthnet_s2", "1.0.0", "prepare_report.json")))
+  report = json.load(open(os.path.join(prepared, "bigearthnet_s2", VERSION, "prepare_report.json")))
   assert report["excluded"] == {"no_19_class_targets": 1, "seasonal_snow": 1, "not_on_disk": 1}
 
   src, _ = sources.tfds_source("fmow_sentinel", "train", prepared)
@@ -131,4 +134,4 @@ def test_prepare_command_reports_an_empty_bigearthnet_in_one_line(tmp_path, caps
                        str(tmp_path / "tfds"), "--lists_dir", lists])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and "BigEarthNet v2.0 (reBEN) layout" in err[0]
-  assert not (tmp_path / "tfds" / "bigearthnet_s2" / "1.0.0" / "dataset_info.json").exists()   # nothing "prepared"
+  assert not (tmp_path / "tfds" / "bigearthnet_s2" / VERSION / "dataset_info.json").exists()   # nothing "prepared"

@@ -1,8 +1,10 @@
-"""The five tfds builders. Each reads the dataset's real layout from `manual_dir` through its reader.
+"""The six tfds builders. Each reads the dataset's real layout from `manual_dir` through its reader.
 
 Element schema (all images uint16, canonical band order, bands in `info.metadata["bands"]`):
   eurosat_ms      image [64,64,12]            label (10 classes)          id
   bigearthnet_s2  image [120,120,12]          labels multi-hot [19] uint8 id   splits train/val/test/train_10pct
+  bigearthnet_v2  as bigearthnet_s2 (BigEarthNet v2.0 / reBEN); config reference_maps adds reference_map
+                  [120,120] uint8 (BEN-19 index per pixel, 255 = none)
   fmow_sentinel   image [H,W,12] (varying)    label (62 classes)          id
   segmunich       image [128,128,10]          mask [128,128] uint8 (0..12) id  (bands B01..B07,B8A,B11,B12)
   oscd            image1/image2 [H,W,12]      change [H,W] uint8 (0/1)    id   (whole cities; crops in the pipeline)
@@ -16,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.data.builders.base import Sentinel2Builder, image_feature, map_feature
-from spectralgpt_jax.data.readers import bigearthnet, eurosat, fmow, oscd, segmunich
+from spectralgpt_jax.data.readers import bigearthnet, bigearthnet_v2, eurosat, fmow, oscd, segmunich
 
 _DOCS = "See docs/data.md of spectralgpt_jax for the full recipe."
 
@@ -32,6 +34,10 @@ class EurosatMs(Sentinel2Builder):
       for s in train val test; do wget https://hf.co/datasets/torchgeo/eurosat/resolve/1ce6f1bfb56db63fd91b6ecc466ea67f2509774c/eurosat-$s.txt; done
     {_DOCS}"""
 
+  def __init__(self, *, split_scheme: str | None = None, verify_split_md5: bool | None = None, **kwargs):
+    self.split_scheme, self.verify_split_md5 = split_scheme, verify_split_md5
+    super().__init__(**kwargs)
+
   def _features(self):
     return {
         "image": image_feature(64, 64),
@@ -41,8 +47,11 @@ class EurosatMs(Sentinel2Builder):
 
   def _split_generators(self, dl_manager):
     root = self._manual_dir(dl_manager)
-    reader = eurosat.EuroSAT(eurosat.find_source(root), split_dir=root)
-    return {split: self._generate_examples(stems, reader.read) for split, stems in reader.splits().items()}
+    reader = eurosat.EuroSAT(eurosat.find_source(root), split_dir=root, split_scheme=self.split_scheme,
+                             verify_split_md5=self.verify_split_md5)
+    splits = reader.splits()
+    self.report.details.update(reader.split_report)
+    return {split: self._generate_examples(stems, reader.read) for split, stems in splits.items()}
 
 
 class BigearthnetS2(Sentinel2Builder):
@@ -74,6 +83,57 @@ class BigearthnetS2(Sentinel2Builder):
   def _split_generators(self, dl_manager):
     reader = bigearthnet.BigEarthNet(self._manual_dir(dl_manager), self.lists_dir)
     splits = {s: reader.split_names(s, self.report) for s in bigearthnet.SPLITS}
+    reader.require_nonempty(splits)
+    splits["train_10pct"] = bigearthnet.seeded_subset(splits["train"], self.SUBSET_FRACTION, self.SUBSET_SEED)
+    return {s: self._generate_examples(names, reader.read) for s, names in splits.items() if names}
+
+
+class BigearthnetV2(Sentinel2Builder):
+  DESCRIPTION = (
+      "BigEarthNet v2.0 (reBEN, L2A by sen2cor 2.11), 12 bands resampled bilinearly to 120x120 (10 m), BEN-19 "
+      "multi-hot labels and the geographic train/validation/test split of metadata.parquet, snow/cloud/shadow "
+      "patches excluded; train_10pct = seeded 10% of train (as bigearthnet_s2)."
+  )
+  HOMEPAGE = "https://bigearth.net"
+  LICENSE = "CDLA-Permissive-1.0"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    From https://zenodo.org/records/10891137 put metadata.parquet (and, so the report counts the excluded patches,
+    metadata_for_patches_with_snow_cloud_or_shadow.parquet) in manual_dir and extract BigEarthNet-S2.tar.zst there
+    (Reference_Maps.tar.zst too for the reference_maps config):
+      tar --zstd -xf BigEarthNet-S2.tar.zst -C <manual_dir>
+    {_DOCS}"""
+  # Why reference maps are a config, off by default: no task reads them, they are a separate download, and a
+  # config gets its own folder, so a dataset prepared without them is never mistaken for one with them.
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="default", description="image, labels, id"),
+      tfds.core.BuilderConfig(name="reference_maps", description="image, labels, id and reference_map"),
+  ]
+  SUBSET_FRACTION, SUBSET_SEED = BigearthnetS2.SUBSET_FRACTION, BigearthnetS2.SUBSET_SEED
+
+  def __init__(self, *, reference_maps: bool = False, **kwargs):
+    if reference_maps:
+      if kwargs.get("config") not in (None, "reference_maps"):
+        raise ValueError(f"reference_maps=True selects the reference_maps config, not {kwargs['config']!r}")
+      kwargs["config"] = "reference_maps"
+    super().__init__(**kwargs)
+
+  @property
+  def reference_maps(self) -> bool:
+    return self.builder_config.name == "reference_maps"
+
+  def _features(self):
+    features = {
+        "image": image_feature(120, 120),
+        "id": tfds.features.Text(),
+        "labels": tfds.features.Tensor(shape=(len(bigearthnet.LABELS_19),), dtype=np.uint8),
+    }
+    if self.reference_maps:
+      features["reference_map"] = map_feature(120, 120)
+    return features
+
+  def _split_generators(self, dl_manager):
+    reader = bigearthnet_v2.BigEarthNetV2(self._manual_dir(dl_manager), reference_maps=self.reference_maps)
+    splits = {s: reader.split_names(s, self.report) for s in bigearthnet_v2.SPLITS}
     reader.require_nonempty(splits)
     splits["train_10pct"] = bigearthnet.seeded_subset(splits["train"], self.SUBSET_FRACTION, self.SUBSET_SEED)
     return {s: self._generate_examples(names, reader.read) for s, names in splits.items() if names}
@@ -142,6 +202,7 @@ class Oscd(Sentinel2Builder):
 BUILDERS = {
     "eurosat": EurosatMs,
     "bigearthnet": BigearthnetS2,
+    "bigearthnet_v2": BigearthnetV2,
     "fmow_sentinel": FmowSentinel,
     "segmunich": Segmunich,
     "oscd": Oscd,

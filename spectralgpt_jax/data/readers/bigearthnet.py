@@ -177,8 +177,8 @@ class BigEarthNet:
     expected = common.read_name_list(find_list(self.lists_dir, empty[0]))[:3]
     entries = sorted(os.listdir(self.root))
     if "metadata.parquet" in entries or "BigEarthNet-S2" in entries:
-      hint = ("this is the BigEarthNet v2.0 (reBEN) layout (metadata.parquet, BigEarthNet-S2/<tile>/<patch>), "
-              "which the v1.0 builder cannot read; use the BigEarthNet-S2 v1.0 archive")
+      hint = ("this is the BigEarthNet v2.0 (reBEN) layout (metadata.parquet, BigEarthNet-S2/<tile>/<patch>): "
+              "prepare it with --dataset bigearthnet_v2")
     elif entries and all(os.path.isdir(os.path.join(self.root, e)) for e in entries) and len(entries) <= 5:
       hint = (f"it holds only {', '.join(entries)}: is --manual_dir one level too high? point it at the folder "
               "that holds the patch folders")

@@ -36,6 +36,7 @@ class Report:
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   excluded: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   read: int = 0
+  details: dict = dataclasses.field(default_factory=dict)   # how the splits were chosen (e.g. EuroSAT's scheme)
 
   def skip(self, where: str, reason: str) -> None:
     self.skipped.append((where, reason))
@@ -45,6 +46,7 @@ class Report:
         "read": self.read,
         "skipped": len(self.skipped),
         "excluded": dict(self.excluded),
+        "details": self.details,
         "skipped_examples": [{"file": f, "reason": r} for f, r in self.skipped],
     }
 
