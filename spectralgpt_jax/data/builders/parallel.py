@@ -19,6 +19,7 @@ import itertools
 import json
 import multiprocessing
 from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
 from etils import epath
@@ -62,7 +63,7 @@ def pool_results(items: Iterable, read_one: Callable, num_workers: int) -> Itera
     while pending:
       try:
         done = pending.popleft().result()
-      except futures.process.BrokenProcessPool as e:
+      except BrokenProcessPool as e:
         raise RuntimeError("the reader processes died (out of memory, or a script that calls prepare with "
                            "num_workers > 1 without an `if __name__ == '__main__':` guard)") from e
       pending.extend(pool.submit(_read_chunk, c) for c in itertools.islice(chunks, 1))

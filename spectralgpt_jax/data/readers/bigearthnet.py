@@ -126,6 +126,21 @@ def seeded_subset(names, fraction: float, seed: int) -> list[str]:
   return [names[i] for i in sorted(pick)]
 
 
+def keep_usable(listed, excluded: dict[str, str], on_disk, report: common.Report | None = None) -> list[str]:
+  """The names of `listed` that are neither excluded (name -> reason) nor missing (`on_disk(name)` false); the
+  others are counted in the report by reason (`not_on_disk` for missing ones)."""
+  names = []
+  for name in listed:
+    reason = excluded.get(name)
+    if reason is None and not on_disk(name):
+      reason = "not_on_disk"
+    if reason is None:
+      names.append(name)
+    elif report is not None:
+      report.excluded[reason] += 1
+  return names
+
+
 class BigEarthNet:
 
   def __init__(self, root: str, lists_dir: str | None = None):
@@ -155,16 +170,7 @@ class BigEarthNet:
       raise ValueError(f"unknown BigEarthNet split {split!r}; choose from {SPLITS}")
     listed = common.read_name_list(find_list(self.lists_dir, split))
     on_disk = set(os.listdir(self.root))
-    names = []
-    for n in listed:
-      reason = self.excluded.get(n)
-      if reason is None and n not in on_disk:
-        reason = "not_on_disk"
-      if reason is not None:
-        if report is not None:
-          report.excluded[reason] += 1
-        continue
-      names.append(n)
+    names = keep_usable(listed, self.excluded, on_disk.__contains__, report)
     return seeded_subset(names, subset_fraction, subset_seed) if subset_fraction < 1 else names
 
   def require_nonempty(self, splits: dict[str, list[str]]) -> None:

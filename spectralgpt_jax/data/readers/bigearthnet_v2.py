@@ -197,16 +197,7 @@ class BigEarthNetV2:
     patches are counted in the report (`not_on_disk`: a partial download is visible, not fatal)."""
     if split not in SPLITS:
       raise ValueError(f"unknown BigEarthNet v2.0 split {split!r}; choose from {SPLITS}")
-    names = []
-    for pid in self.by_split[split]:
-      reason = self.excluded.get(pid)
-      if reason is None and not self._on_disk(pid):
-        reason = "not_on_disk"
-      if reason is not None:
-        if report is not None:
-          report.excluded[reason] += 1
-        continue
-      names.append(pid)
+    names = v1.keep_usable(self.by_split[split], self.excluded, self._on_disk, report)
     return v1.seeded_subset(names, subset_fraction, subset_seed) if subset_fraction < 1 else names
 
   def require_nonempty(self, splits: dict[str, list[str]]) -> None:
