@@ -270,6 +270,8 @@ def plan(model: str, topology: str, *, batch: int | None = None, mesh: str | Non
   if impl == "auto":
     impl = "xla" if target.platform == "gpu" else models.config.resolve_attention(impl, target.platform, dtype=dtype)
   config.model.attention_impl = impl
+  if "grad_fence" in fields:   # "auto" would see this CPU host too: fence only where the target is a CPU
+    config.model.grad_fence = "on" if target.platform == "cpu" else "off"
 
   devices = _devices(target)
   try:

@@ -16,7 +16,7 @@ import flax
 import jax
 
 from spectralgpt_jax import runtime, sharding
-from spectralgpt_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES, resolve_attention
+from spectralgpt_jax.models.config import ATTENTION_IMPLS, GRAD_FENCES, REMAT_POLICIES, resolve_attention
 from spectralgpt_jax.models.flops import train_step_flops
 from spectralgpt_jax.train import optim, steps, throughput
 from spectralgpt_jax.train import state as state_lib
@@ -31,12 +31,14 @@ def add_speed_flags(parser) -> None:
   parser.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS))
   parser.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
   parser.add_argument("--scan_blocks", action="store_true")
+  parser.add_argument("--grad_fence", default="auto", choices=list(GRAD_FENCES))
   parser.add_argument("--peak_tflops", type=float, default=0.0,
                       help="per-device peak for mfu (0: look the device up; none for CPUs)")
 
 
 def speed_overrides(args) -> dict:
-  return dict(attention_impl=args.attention_impl, remat=args.remat, scan_blocks=args.scan_blocks)
+  return dict(attention_impl=args.attention_impl, remat=args.remat, scan_blocks=args.scan_blocks,
+              grad_fence=args.grad_fence)
 
 
 def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_steps: int,

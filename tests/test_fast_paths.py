@@ -80,23 +80,47 @@ def _loss_and_grads(name, train, batch=2, **overrides):
 
 
 SWITCHES = [dict(remat=policy) for policy in REMAT_POLICIES if policy != "none"] + [
-    dict(scan_blocks=True), dict(scan_blocks=True, remat="dots"), dict(attention_impl="explicit_vjp")]
+    dict(scan_blocks=True), dict(scan_blocks=True, remat="dots"), dict(attention_impl="explicit_vjp"),
+    dict(grad_fence="on"), dict(grad_fence="on", remat="full")]
+PLAIN = dict(attention_impl="xla", grad_fence="off")
 
 
 @pytest.mark.parametrize("overrides", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_mae_loss_and_gradients_equal_the_plain_path(overrides):
-  plain = _loss_and_grads("mae_vit_tiny", False, attention_impl="xla")
-  _assert_close(_loss_and_grads("mae_vit_tiny", False, **{"attention_impl": "xla", **overrides}), plain, 1e-5)
+  plain = _loss_and_grads("mae_vit_tiny", False, **PLAIN)
+  _assert_close(_loss_and_grads("mae_vit_tiny", False, **{**PLAIN, **overrides}), plain, 1e-5)
 
 
-@pytest.mark.parametrize("overrides", [dict(scan_blocks=True), dict(scan_blocks=True, remat="full")],
-                         ids=["scan", "scan+remat"])
+def test_grad_fence_is_on_for_cpu_and_cuts_the_backward_pass():
+  """auto fences on CPU; the fence is a conditional in the compiled backward pass (one per block boundary of the
+  encoder and the decoder), and absent when off."""
+  from spectralgpt_jax.models.layers import use_grad_fence
+
+  assert use_grad_fence("auto") == (jax.default_backend() == "cpu") and use_grad_fence("on")
+  assert not use_grad_fence("off")
+
+  def compiled(fence):
+    model = models.build("mae_vit_tiny", seed=0, grad_fence=fence)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jnp.ones((2, model.cfg.img_size, model.cfg.img_size, model.cfg.num_frames))
+    noise = jnp.linspace(0, 1, 2 * model.cfg.num_tokens).reshape(2, -1)
+    loss = lambda p: nnx.merge(graphdef, p, rest)(x, mask_ratio=0.75, noise=noise)["loss"]   # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+
+  model = models.get_config("mae_vit_tiny")
+  boundaries = (model.depth - 1) + (model.decoder_depth - 1)
+  assert compiled("on").count("conditional(") == boundaries > 0
+  assert compiled("off").count("conditional(") == 0
+
+
+@pytest.mark.parametrize("overrides", [dict(scan_blocks=True), dict(scan_blocks=True, remat="full"),
+                                       dict(grad_fence="on")], ids=["scan", "scan+remat", "fence"])
 def test_classifier_with_drop_path_draws_the_same_keys_when_scanned(overrides):
-  """Drop path on (train mode, depth 4 so three blocks have a rate): the scanned blocks draw the plain loop's keys."""
-  kw = dict(depth=4, drop_path_rate=0.5, attention_impl="xla")
+  """Drop path on (train mode, depth 4 so three blocks have a rate): scanned or fenced blocks draw the plain keys."""
+  kw = dict(depth=4, drop_path_rate=0.5, attention_impl="xla", grad_fence="off")
   plain = _loss_and_grads("vit_tiny", True, **kw)
   assert not np.allclose(plain[0], _loss_and_grads("vit_tiny", False, **kw)[0])   # drop path really is on
-  _assert_close(_loss_and_grads("vit_tiny", True, **kw, **overrides), plain, 1e-5)
+  _assert_close(_loss_and_grads("vit_tiny", True, **{**kw, **overrides}), plain, 1e-5)
 
 
 def test_bfloat16_compute_stays_close_to_float32():
@@ -131,4 +155,7 @@ def test_scanned_blocks_under_a_mesh_equal_the_loop():
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, model=2), devices=jax.devices()[:8])
   with jax.set_mesh(mesh):
     scanned = _loss_and_grads("mae_vit_tiny", False, attention_impl="xla", scan_blocks=True, batch=4)
-  _assert_close(scanned, _loss_and_grads("mae_vit_tiny", False, attention_impl="xla", batch=4), 1e-5)
+    fenced = _loss_and_grads("mae_vit_tiny", False, attention_impl="xla", grad_fence="on", batch=4)
+  plain = _loss_and_grads("mae_vit_tiny", False, attention_impl="xla", grad_fence="off", batch=4)
+  _assert_close(scanned, plain, 1e-5)
+  _assert_close(fenced, plain, 1e-5)

@@ -16,6 +16,7 @@ KINDS = ("mae", "vit", "seg", "cd")
 DENSE_KINDS = ("seg", "cd")             # per-pixel models: encoder + spectral merge + neck + FPN head
 ATTENTION_IMPLS = ("auto", "xla", "explicit_vjp", "cudnn", "pallas", "chunked")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+GRAD_FENCES = ("auto", "on", "off")
 POS_EMBED_RESIZE = ("reinit", "interpolate")
 
 
@@ -58,6 +59,8 @@ class ModelConfig:
   remat: str = "none"                    # recompute each block in the backward pass: none | full | dots (keep
                                          # matmul outputs) | dots_no_batch (keep weight matmuls, not attention's)
   scan_blocks: bool = False              # run the blocks under lax.scan: one compiled block (compile time of L/H)
+  grad_fence: str = "auto"               # materialise the residual stream's gradient between blocks (layers.py):
+                                         # auto = on for CPU, where XLA otherwise recomputes it per consumer
 
   def __post_init__(self):
     def fail(key, why):
@@ -80,6 +83,8 @@ class ModelConfig:
       fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
       fail("remat", f"must be one of {REMAT_POLICIES}")
+    if self.grad_fence not in GRAD_FENCES:
+      fail("grad_fence", f"must be one of {GRAD_FENCES}")
     if self.pos_embed_resize not in POS_EMBED_RESIZE:
       fail("pos_embed_resize", f"must be one of {POS_EMBED_RESIZE}")
     if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -32,7 +32,8 @@ class Encoder(nnx.Module):
     return self.patch_embed(x).astype(jnp.float32) + self.pos_embed()
 
   def run_blocks(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
-    return run_blocks(self.blocks, tokens, train=train, rngs=rngs, remat=self.cfg.remat, scan=self.cfg.scan_blocks)
+    return run_blocks(self.blocks, tokens, train=train, rngs=rngs, remat=self.cfg.remat, scan=self.cfg.scan_blocks,
+                      fence=self.cfg.grad_fence)
 
   def features(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     """Last-block token features [N, L, D] in token order l = t*(h*w) + i*w + j, before the final norm."""

@@ -117,10 +117,46 @@ CHECKPOINT_POLICIES = {   # ModelConfig.remat -> what jax.checkpoint may keep fr
 }
 
 
+@jax.custom_vjp
+def grad_fence(h: jax.Array) -> jax.Array:
+  """Identity whose gradient is computed once and stored.
+
+  Why: in the backward pass of a block chain the residual stream's gradient is a long sum of elementwise terms (each
+  block's LayerNorm backward). XLA:CPU fuses that whole sum into every consumer, e.g. the transposing copy in front
+  of each weight-gradient dot, so each recomputes it from the last block down: the cost grows with depth squared
+  (ViT-B encoder, 12 blocks at 102 tokens, fwd + bwd: those copy fusions took 0.69 of 1.67 s, against 4.5 ms for
+  one block; fenced, the chain takes 0.97 s, PyTorch 0.82 s).
+  A conditional on a runtime value is a boundary fusion cannot cross (optimization barriers are expanded away on
+  CPU before fusion), so the gradient is materialised here once per block.
+  """
+  return h
+
+
+def _fence_fwd(h):
+  return h, None
+
+
+def _fence_bwd(_, g):
+  # Both branches are the identity; the predicate only has to be unknown at compile time (false only for NaN).
+  flat = g.reshape(-1)
+  return (jax.lax.cond(flat[0] == flat[0], lambda a: a, lambda a: a + 0, g),)
+
+
+grad_fence.defvjp(_fence_fwd, _fence_bwd)
+
+
+def use_grad_fence(setting: str) -> bool:
+  """ModelConfig.grad_fence on the default backend: "auto" fences on CPU only (measured there, docs/benchmarks.md)."""
+  return setting == "on" or (setting == "auto" and jax.default_backend() == "cpu")
+
+
 def run_blocks(blocks: Sequence[Block], x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
-               remat: str = "none", scan: bool = False) -> jax.Array:
+               remat: str = "none", scan: bool = False, fence: str = "off") -> jax.Array:
   """Apply `blocks` in order; `remat` (ModelConfig.remat) recomputes each block in the backward pass, `scan` runs
   them under `lax.scan` over their stacked weights (one traced and compiled block instead of `depth`).
+
+  `fence` (ModelConfig.grad_fence) puts a `grad_fence` between consecutive blocks of the plain loop (scan needs
+  none: its loop boundary already stops fusion).
 
   Both are the same computation as the plain loop: the drop-path keys are drawn in the same order (two per block
   that has a rate, from the 'dropout' stream) and the parameters keep their per-block layout, so checkpoints do
@@ -138,8 +174,9 @@ def run_blocks(blocks: Sequence[Block], x: jax.Array, *, train: bool = False, rn
     apply = jax.checkpoint(apply, policy=CHECKPOINT_POLICIES[remat])
   states = [nnx.split(block)[1] for block in blocks]
   if not scan or len(blocks) == 1:
-    for state, block_keys, rate in zip(states, keys, rates):
-      x = apply(state, x, block_keys, rate)
+    fenced = use_grad_fence(fence)
+    for i, (state, block_keys, rate) in enumerate(zip(states, keys, rates)):
+      x = apply(state, grad_fence(x) if fenced and i else x, block_keys, rate)
     return x
 
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)

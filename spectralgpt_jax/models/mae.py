@@ -75,7 +75,8 @@ class Decoder(nnx.Module):
     mask_tokens = jnp.broadcast_to(self.mask_token[...], (n, length - keep, dim))
     y = jnp.concatenate([y, mask_tokens], axis=1)
     y = jnp.take_along_axis(y, ids_restore[:, :, None], axis=1) + self.pos_embed()
-    y = run_blocks(self.blocks, y, remat=self.cfg.remat, scan=self.cfg.scan_blocks)
+    y = run_blocks(self.blocks, y, remat=self.cfg.remat, scan=self.cfg.scan_blocks,
+                   fence=self.cfg.grad_fence)
     return self.pred(self.norm(y)).astype(jnp.float32)
 
 

@@ -23,7 +23,8 @@ from spectralgpt_jax.train import checkpointing, config_checks
 # What defines the state and the experiment of a run (schedule, logging and eval settings may change on resume,
 # and so may how the blocks are computed: another implementation of the same maths, e.g. on other hardware).
 IDENTITY_PREFIXES = ("task", "model.", "data.name")
-NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk", "model.remat", "model.scan_blocks")
+NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk", "model.remat", "model.scan_blocks",
+                "model.grad_fence")
 
 
 def _identity(flat: dict[str, object]) -> dict[str, object]:
