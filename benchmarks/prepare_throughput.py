@@ -125,7 +125,7 @@ def main(argv=None) -> int:
       t0 = time.perf_counter()
       try:
         builder = prepare.prepare(args.dataset, manual, os.path.join(tmp, mode), **MODES[mode], **extra)
-      except DataError as e:     # e.g. examples lost by the multi-process DirectRunner: recorded, not fatal
+      except (DataError, ImportError) as e:   # examples lost by the multi-process DirectRunner, or no Beam
         print(json.dumps({"benchmark": "prepare_throughput", "dataset": args.dataset, "mode": mode,
                           "error": str(e), "seconds": round(time.perf_counter() - t0, 2)}), flush=True)
         continue

@@ -1,6 +1,6 @@
 r"""Runs the benchmark suite and writes one JSON file: pretraining and fine-tuning steps per model size and batch,
-the input pipeline's examples/s and the compile times, each benchmark in its own process (clean peak RSS, its own
-runtime.configure()), with the machine and versions once at the top.
+the input pipeline's and dataset preparation's examples/s and the compile times, each benchmark in its own
+process (clean peak RSS, its own runtime.configure()), with the machine and versions once at the top.
 
   python benchmarks/run_all.py --out benchmarks/results/cpu.json                  # this CPU, ~15 min on 2 cores
   python benchmarks/run_all.py --out gpu.json --suite accelerator                 # bf16, B/L/H, larger batches
@@ -37,6 +37,9 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("finetune_step.py", ["--task", "segmunich", "--model", "B", "--batch", "2", "--steps", "3"]),
         ("finetune_step.py", ["--task", "oscd", "--model", "B", "--batch", "2", "--steps", "3"]),
         ("input_pipeline.py", ["--workers", "0", "2"]),
+        ("prepare_throughput.py", ["--dataset", "bigearthnet", "--examples", "600",
+                                   "--modes", "single,workers2,beam_direct1"]),
+        ("prepare_throughput.py", ["--codecs"]),
     ],
     "accelerator": [
         *[("pretrain_step.py", ["--model", f"mae_vit_{size}_patch8_128", "--batch", str(batch), "--steps", "10",
