@@ -121,10 +121,7 @@ def main(argv=None) -> int:
   try:
     builder = prepare(args.dataset, args.manual_dir, args.data_dir, args.on_error, args.num_workers,
                       args.beam_options, args.beam, **kwargs)
-  except DataError as e:          # bad or missing data: one line naming the file / folder, not a traceback
-    print(f"prepare: {e}", file=sys.stderr)
-    return 2
-  except ImportError as e:
+  except (DataError, ImportError) as e:   # bad or missing data (naming the file / folder), or no Beam: one line
     print(f"prepare: {e}", file=sys.stderr)
     return 2
   summary = builder.report.summary()

@@ -5,6 +5,7 @@ No JAX here either (sources are pickled into grain workers).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -55,8 +56,6 @@ def tfds_source(name: str, split: str, data_dir: str | None):
 def _older_version(builder):
   """The newest version prepared beside the current one (1.0.0 stored tensors in slower encodings; it reads the
   same values), with a warning; None when there is none."""
-  import logging
-
   import tensorflow_datasets as tfds
 
   parent = builder.data_path.parent

@@ -90,12 +90,10 @@ def _read_or_tag(item, read_one: Callable, name_of: Callable):
   yield ex["id"], ex
 
 
-def beam_examples(items: Iterable, read_one: Callable, name_of: Callable, bad_files_prefix: str):
+def beam_examples(items: list, read_one: Callable, name_of: Callable, bad_files_prefix: str):
   """A `beam.PTransform` yielding (key, example) for tfds, writing each bad file (name, reason) to
   `bad_files_prefix` shards as JSON lines."""
   import apache_beam as beam
-
-  items = list(items)
 
   @beam.ptransform_fn
   def read_split(root):
