@@ -2,15 +2,15 @@ r"""Runs the benchmark suite and writes one JSON file: pretraining and fine-tuni
 the input pipeline's and dataset preparation's examples/s and the compile times, each benchmark in its own
 process (clean peak RSS, its own runtime.configure()), with the machine and versions once at the top.
 
-  python benchmarks/run_all.py --out benchmarks/results/cpu.json                  # this CPU, ~15 min on 2 cores
+  python benchmarks/run_all.py --out benchmarks/results/cpu.json                  # this CPU, ~20 min on 2 cores
   python benchmarks/run_all.py --out gpu.json --suite accelerator                 # bf16, B/L/H, larger batches
   python benchmarks/run_all.py --out quick.json --suite quick                     # a smoke run, ~3 min
 
 Every entry is the JSON line the benchmark printed (`benchmarks/pretrain_step.py`, `finetune_step.py`,
 `input_pipeline.py`: step_s_median, img_per_s, tokens_per_s, mfu where the peak is known, compile_s, temp_mb,
-peak_rss_mb, ...) plus the command that produced it; a benchmark that failed is recorded with its exit status and
-the last line of its stderr instead of stopping the suite. Not a test: time on a quiet machine and compare runs of
-the same machine side by side.
+peak_rss_mb, ...; `profile_step.py`: time per XLA op) plus the command that produced it; a benchmark that failed
+is recorded with its exit status and the last line of its stderr instead of stopping the suite. Not a test:
+time on a quiet machine and compare runs of the same machine side by side.
 """
 from __future__ import annotations
 
@@ -23,16 +23,24 @@ import subprocess
 import sys
 import time
 
+from spectralgpt_jax import runtime   # the light top-level package and its runtime module: no JAX import
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# (benchmark script, arguments) per suite. CPU: float32, the batch 4 of the issue's reference comparison;
+# (benchmark script, arguments) per suite. CPU: float32 (and bfloat16, the recipes' default) at the batch 4 of
+# the issue's reference comparison, and where the MAE step's time goes;
 # accelerator: bfloat16 at batches that fill one 80 GB GPU.
 SUITES: dict[str, list[tuple[str, list[str]]]] = {
     "cpu": [
         ("pretrain_step.py", ["--model", "mae_vit_base_patch8_128", "--batch", "4", "--steps", "3"]),
         ("pretrain_step.py", ["--model", "mae_vit_base_patch8_128", "--batch", "8", "--steps", "3"]),
+        ("pretrain_step.py", ["--model", "mae_vit_base_patch8_128", "--batch", "4", "--steps", "3",
+                              "--dtype", "bfloat16"]),
         ("pretrain_step.py", ["--model", "mae_vit_large_patch8_128", "--batch", "4", "--steps", "2"]),
         ("finetune_step.py", ["--task", "eurosat", "--model", "B", "--batch", "4", "--steps", "3"]),
+        ("finetune_step.py", ["--task", "eurosat", "--model", "B", "--batch", "4", "--steps", "3",
+                              "--dtype", "bfloat16"]),
+        ("profile_step.py", ["--task", "mae", "--batch", "4"]),
         ("finetune_step.py", ["--task", "bigearthnet", "--model", "B", "--batch", "4", "--steps", "3"]),
         ("finetune_step.py", ["--task", "segmunich", "--model", "B", "--batch", "2", "--steps", "3"]),
         ("finetune_step.py", ["--task", "oscd", "--model", "B", "--batch", "2", "--steps", "3"]),
@@ -93,7 +101,7 @@ def main() -> None:
   report = {
       "suite": args.suite, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                  "python": platform.python_version()},
+                  "cpu": runtime.cpu_summary(), "python": platform.python_version()},
       "results": results,
       "failed": sum("error" in r for r in results),
   }

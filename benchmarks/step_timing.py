@@ -41,9 +41,8 @@ def speed_overrides(args) -> dict:
               grad_fence=args.grad_fence)
 
 
-def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_steps: int,
-              mask_ratio: float = 0.9, peak_tflops: float = 0.0) -> dict:
-  """Compile and time one task's train step on `batch` (host arrays); returns the JSON fields."""
+def compile_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str):
+  """The task's train step compiled as main.py compiles it: (compiled, state, device batch, memory, compile_s, mesh)."""
   mesh = sharding.make_mesh(parse_mesh(mesh_text))
   batch_sharding = sharding.batch_sharding(mesh)
   schedule = optim.warmup_half_cosine(1e-4, total_steps=1000, warmup_steps=10)
@@ -52,11 +51,16 @@ def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_step
   step_fn = functools.partial(steps.train_step, sharded.graphdef, jax.random.key(0), schedule,
                               steps.StepConfig(task=task), batch_sharding)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
-
   start = time.perf_counter()
   compiled, memory = steps.compile_train_step(step_fn, sharded.state, sharded.shardings, batch, batch_sharding)
-  compile_s = time.perf_counter() - start
-  state, metrics = compiled(sharded.state, batch)   # warm-up
+  return compiled, sharded.state, batch, memory, time.perf_counter() - start, mesh
+
+
+def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_steps: int,
+              mask_ratio: float = 0.9, peak_tflops: float = 0.0) -> dict:
+  """Compile and time one task's train step on `batch` (host arrays); returns the JSON fields."""
+  compiled, state, batch, memory, compile_s, mesh = compile_step(task, model_cfg, opt_cfg, batch, mesh_text=mesh_text)
+  state, metrics = compiled(state, batch)   # warm-up
   jax.block_until_ready(metrics)
   times = []
   for _ in range(num_steps):
@@ -81,5 +85,6 @@ def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_step
       "final_loss": round(float(metrics["loss"]), 4), "device": f"{device.platform}:{device.device_kind}",
       "attention_impl": resolve_attention(model_cfg.attention_impl, device.platform, model_cfg.dtype),
       "remat": model_cfg.remat, "scan_blocks": model_cfg.scan_blocks,
-      "num_devices": jax.device_count(), "num_cpus": os.cpu_count(), "python": platform.python_version(),
+      "num_devices": jax.device_count(), "num_cpus": os.cpu_count(), "cpu": runtime.cpu_summary(),
+      "python": platform.python_version(),
       "jax": jax.__version__, "flax": flax.__version__, "runtime": runtime.describe()}

@@ -5,10 +5,13 @@ published architecture; the reference's own code is GPL-3.0 and not part of this
 
   python benchmarks/torch_reference_step.py --task mae --batch 4 --steps 3              # MAE ViT-B/8, 128 px
   python benchmarks/torch_reference_step.py --task classification --batch 4 --steps 3   # ViT-B/8 fine-tuning
+  python benchmarks/torch_reference_step.py --task mae --dtype bfloat16                  # CPU autocast to bf16
 
 Needs torch (the `torch` extra, or any CPU build). Run it beside `benchmarks/pretrain_step.py --batch 4` and
 `benchmarks/finetune_step.py --task eurosat --batch 4` on the same machine, interleaved, and compare medians
-(docs/benchmarks.md). Fields: task, batch, steps, step_s_median, step_s_min, img_per_s, threads, torch.
+(docs/benchmarks.md). Fields: task, dtype, batch, steps, step_s_median, step_s_min, img_per_s, threads, cpu, torch.
+`--dtype bfloat16` runs forward and loss under `torch.autocast("cpu", torch.bfloat16)` (fp32 master weights), the
+counterpart of our `compute_dtype=bfloat16`; the reference's own fp16 autocast is CUDA-only and does nothing on a CPU.
 """
 from __future__ import annotations
 
@@ -17,10 +20,14 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from spectralgpt_jax import runtime  # noqa: E402  (the light top-level package: no JAX import)
 
 DIM, DEPTH, HEADS, DEC_DIM, DEC_DEPTH, DEC_HEADS = 768, 12, 12, 512, 4, 16
 IMG, PATCH, BANDS, T_PATCH = 128, 8, 12, 3
@@ -136,6 +143,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = parser.parse_args()
   torch.manual_seed(0)
   torch.set_num_threads(args.threads)
@@ -148,10 +156,11 @@ def main() -> None:
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = model(x) if args.task == "mae" else model(x, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+      loss = model(x) if args.task == "mae" else model(x, targets)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   step()
   times = []
@@ -161,10 +170,10 @@ def main() -> None:
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   assert math.isfinite(loss)
-  print(json.dumps({"task": args.task, "impl": "pytorch", "batch": args.batch, "steps": args.steps,
+  print(json.dumps({"task": args.task, "impl": "pytorch", "dtype": args.dtype, "batch": args.batch, "steps": args.steps,
                     "step_s_median": round(median, 4), "step_s_min": round(min(times), 4),
                     "img_per_s": round(args.batch / median, 3), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__}))
+                    "cpu": runtime.cpu_summary(), "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ def base(task: str) -> ml_collections.ConfigDict:
 
 
 def cpu_demo(c: ml_collections.ConfigDict, *, steps: int, warmup: int, every: int) -> None:
-  """Settings every CPU demo shares: float32 (CPUs have no fast bf16 matmuls), a step budget, frequent logs."""
+  """Settings every CPU demo shares: float32 (exact, and fast on every CPU; bf16 pays only on CPUs with bf16 dot
+  products, docs/benchmarks.md), a step budget, frequent logs."""
   c.compute_dtype = "float32"
   c.total_steps, c.total_epochs = steps, 0.0
   c.warmup_steps, c.warmup_epochs = warmup, 0.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import platform
 import sys
 
 DISABLE_ENV = "SPECTRALGPT_JAX_FAST_RUNTIME"
@@ -118,6 +119,22 @@ def describe() -> str:
     return "runtime defaults not applied"
   flags = f"; XLA CPU flags added: {_state['xla_flags']}" if _state.get("xla_flags") else ""
   return f"allocator: {_state['allocator']}{flags}"
+
+
+def cpu_summary() -> str:
+  """The CPU as benchmarks record it (machines of one kind differ): model name, logical CPUs, the ISA extensions
+  that decide matmul speed (AVX-512, its bf16 dot products, AMX)."""
+  info = {}
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+  except OSError:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+  flags = set(info.get("flags", "").split())
+  isa = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
+  return f"{info.get('model name', platform.machine())}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX2'}"
 
 
 def configure_and_log() -> None:

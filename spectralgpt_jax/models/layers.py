@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from spectralgpt_jax import sharding
+from spectralgpt_jax.models import matmul
 from spectralgpt_jax.models.attention import attention
 
 LN_EPS = 1e-6  # every reference LayerNorm (encoder, decoder, classifier) uses 1e-6
@@ -30,7 +31,7 @@ def dense(din: int, dout: int, kernel_axes: Sequence[str | None], bias_axis: str
           kernel_init=nnx.initializers.xavier_uniform()) -> nnx.Linear:
   """Linear layer initialised as the reference `_init_weights`: xavier-uniform weight, zero bias."""
   return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                    bias_init=nnx.initializers.zeros_init(), rngs=rngs,
+                    bias_init=nnx.initializers.zeros_init(), dot_general=matmul.linear_dot_general, rngs=rngs,
                     kernel_metadata=axes(*kernel_axes), bias_metadata=axes(bias_axis))
 
 

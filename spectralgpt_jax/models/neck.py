@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spectralgpt_jax.models import matmul
 from spectralgpt_jax.models.config import ModelConfig
 from spectralgpt_jax.models.layers import axes, param
 from spectralgpt_jax.sharding import constrain
@@ -52,7 +53,8 @@ def dropout(x: jax.Array, rate: float, train: bool, rngs: nnx.Rngs | None) -> ja
 def conv1x1(din: int, dout: int, in_axis: str, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
   init = _torch_uniform(din)
   return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, bias_init=init, rngs=rngs,
-                    kernel_metadata=axes(in_axis, "channels"), bias_metadata=axes("channels"))
+                    dot_general=matmul.linear_dot_general, kernel_metadata=axes(in_axis, "channels"),
+                    bias_metadata=axes("channels"))
 
 
 def group_norm(dim: int, groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:

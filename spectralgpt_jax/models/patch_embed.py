@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spectralgpt_jax.models import matmul
 from spectralgpt_jax.models.config import ModelConfig
 from spectralgpt_jax.models.layers import param
 
@@ -55,7 +56,9 @@ class PatchEmbed(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = jnp.dtype(self.cfg.dtype)
     tokens = patchify(x, self.cfg).astype(dtype)
-    return tokens @ self.kernel[...].astype(dtype) + self.bias[...].astype(dtype)
+    kernel = self.kernel[...].astype(dtype)
+    dims = (((tokens.ndim - 1,), (0,)), ((), ()))
+    return matmul.linear_dot_general(tokens, kernel, dims) + self.bias[...].astype(dtype)
 
 
 def _normal(key, shape, std=0.02):

@@ -1,0 +1,103 @@
+"""bfloat16 matmuls on CPU (models/matmul.py): the same maths as the plain bf16 dot, run on XLA:CPU's bf16 kernels."""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from spectralgpt_jax import models
+from spectralgpt_jax.models import matmul
+
+DIMS = (((2,), (0,)), ((), ()))
+
+
+def _x_w_g(dtype=jnp.bfloat16):
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  return (jax.random.normal(kx, (2, 48, 64)).astype(dtype), jax.random.normal(kw, (64, 40)).astype(dtype),
+          jax.random.normal(kg, (2, 48, 40)).astype(dtype))
+
+
+def _value_and_grads(dot, x, w, g):
+  out, vjp = jax.vjp(lambda a, b: dot(a, b, DIMS), x, w)
+  return (out, *vjp(g))
+
+
+def _f32(tree):
+  return [np.asarray(t, np.float32) for t in tree]
+
+
+def test_linear_dot_general_equals_the_exact_product_rounded_once():
+  """Output and both gradients: the float32 product of the bf16 operands, rounded once to bf16 (one ulp)."""
+  x, w, g = _x_w_g()
+  fast = jax.jit(lambda *a: _value_and_grads(matmul.linear_dot_general, *a))(x, w, g)
+  exact = _value_and_grads(lambda a, b, d: jax.lax.dot_general(a, b, d, precision="highest"),
+                           *(t.astype(jnp.float32) for t in (x, w, g)))
+  assert [t.dtype for t in fast] == [jnp.bfloat16] * 3
+  for got, want in zip(_f32(fast), _f32(exact)):
+    np.testing.assert_allclose(got, want, rtol=2 ** -7, atol=1e-2)
+
+
+def test_linear_dot_general_leaves_float32_and_other_dimension_numbers_to_lax():
+  x, w, g = _x_w_g(jnp.float32)
+  for a, b in zip(_value_and_grads(matmul.linear_dot_general, x, w, g), _value_and_grads(jax.lax.dot_general, x, w, g)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  batch_dims = (((2,), (2,)), ((0,), (0,)))
+  w3 = jnp.stack([wb.T, wb.T])                                   # [2, 40, 64]: a batched dot, not a linear layer
+  np.testing.assert_array_equal(np.asarray(matmul.linear_dot_general(xb, w3, batch_dims), np.float32),
+                                np.asarray(jax.lax.dot_general(xb, w3, batch_dims), np.float32))
+
+
+def _dot_operand_dtypes(hlo: str) -> list[tuple[str, str, bool]]:
+  """(lhs type, rhs type, batched) of every dot in an optimized HLO module (operands looked up in their computation)."""
+  dots = []
+  for body in hlo.split("\n\n"):
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", body))
+    types.update(re.findall(r"([\w.\-]+): (\w+)\[", body))          # computation parameters
+    for lhs, rhs, batch in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\), (lhs_batch_dims)?", body):
+      dots.append((types.get(lhs, "?"), types.get(rhs, "?"), bool(batch)))
+  return dots
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the XLA:CPU rewrite of bf16 dots")
+def test_bfloat16_mae_keeps_its_linear_layers_in_bfloat16_on_cpu():
+  """The compiled loss + gradient of a bf16 MAE: every dot of the linear layers and the patch embedding (forward,
+  input and weight gradients) takes bf16 operands. With the plain bf16 dot, which the model used before, XLA:CPU
+  converts all of them to float32 dots. (Attention's batched dots are left out: at the tiny model's 4-16 tokens
+  XLA:CPU runs them in float32 either way.)"""
+  model = models.build("mae_vit_tiny", seed=0, dtype="bfloat16")
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  batch = 2
+  images = jax.random.uniform(jax.random.key(1), (batch, model.cfg.img_size, model.cfg.img_size, model.cfg.num_frames))
+  noise = jax.random.uniform(jax.random.key(2), (batch, model.cfg.num_tokens))
+
+  def loss(p):
+    return nnx.merge(graphdef, p, rest)(images, mask_ratio=0.75, noise=noise)["loss"]
+
+  hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+  linear = [(lhs, rhs) for lhs, rhs, batched in _dot_operand_dtypes(hlo) if not batched]
+  # 3 dots (forward, input gradient, weight gradient) per linear layer; the patch embedding has no input gradient
+  assert len(linear) >= 3 * 4 * model.cfg.depth, linear
+  assert set(linear) == {("bf16", "bf16")}, sorted(set(linear))
+
+
+@pytest.mark.parametrize("remat", ["dots", "full"])
+def test_bfloat16_linear_layers_under_remat_equal_no_remat(remat):
+  """The custom VJP of the bf16 linear layers under rematerialisation: the same loss and gradients."""
+  def loss_and_grads(**overrides):
+    model = models.build("mae_vit_tiny", seed=0, dtype="bfloat16", **overrides)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    images = jax.random.uniform(jax.random.key(1), (2, model.cfg.img_size, model.cfg.img_size, model.cfg.num_frames))
+    noise = jax.random.uniform(jax.random.key(2), (2, model.cfg.num_tokens))
+
+    def loss(p):
+      return nnx.merge(graphdef, p, rest)(images, mask_ratio=0.75, noise=noise)["loss"]
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  plain, rematted = loss_and_grads(), loss_and_grads(remat=remat)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematted)):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,33 @@
+"""benchmarks/profile_step.py: its HLO reading (dots, operand types, FLOPs) and its trace reading, on small jits."""
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import profile_step  # noqa: E402
+
+
+def test_dots_of_reads_shapes_types_and_flops_of_fused_and_plain_dots():
+  x, w = jnp.ones((8, 16), jnp.bfloat16), jnp.ones((16, 4), jnp.bfloat16)
+  fn = jax.jit(lambda a, b: jnp.tanh(jnp.dot(a, b, preferred_element_type=jnp.float32)) + 1.0)
+  dots = profile_step.dots_of(fn.lower(x, w).compile().as_text())
+  found = [d for ds in dots.values() for d in ds]
+  assert found, dots
+  out, lhs, rhs, flops = found[0]
+  assert (out, lhs, rhs, flops) == ("f32[8,4]", "bf16[8,16]", "bf16[16,4]", 2 * 8 * 16 * 4)
+
+
+def test_op_durations_sums_the_ops_of_a_trace(tmp_path):
+  fn = jax.jit(lambda a: jnp.dot(a, a.T).sum())
+  a = jnp.ones((256, 256))
+  fn(a).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    fn(a).block_until_ready()
+  seconds = profile_step.op_durations(str(tmp_path))
+  assert seconds and all(s >= 0 for s in seconds.values())
+  assert not any(name.startswith(profile_step._SKIP) for name in seconds)
+  assert profile_step.kind_of("ynn_fusion.452") == "ynn_fusion"
