@@ -3,8 +3,8 @@
 A dot of bfloat16 operands with a bfloat16 result is what `compute_dtype=bfloat16` writes everywhere. GPUs and TPUs
 run it natively (accumulating in float32). XLA:CPU instead converts the operands to float32 and runs a float32
 dot, so bfloat16 bought nothing on a CPU with native bf16 dot products (AVX512-BF16, AMX). Asked for a float32
-result from bfloat16 operands, XLA:CPU runs YNNPACK's bf16 kernels: measured on a 2-core AVX-512 machine,
-[4096, 512] x [512, 2048] at 365 GFLOP/s against 125 (bf16 result) and 195 (float32); docs/benchmarks.md.
+result from bfloat16 operands, XLA:CPU runs YNNPACK's bf16 kernels: measured on a 2-core AVX512-BF16 machine,
+[4096, 512] x [512, 512] at 250-340 GFLOP/s, against 125 with a bf16 result and 164 in float32 (docs/benchmarks.md).
 
 So the linear layers (and the patch embedding) call `linear_dot_general`, a drop-in `dot_general` for
 `nnx.Linear`: on CPU with bfloat16 operands it asks for a float32 result and rounds it to the operands' dtype. That is
