@@ -21,14 +21,23 @@ METRIC_KEYS = {"classification": {"top1", "top5"}, "multilabel": {"macro_map", "
                "segmentation": {"oa", "miou", "iou"}, "change_detection": {"precision", "recall", "f1", "oa"}}
 
 
+class _Runs(dict):
+  """One finished tiny run per task (6 steps, final evaluation, export), made when a test first asks for it: each
+  pytest-xdist worker runs only the tasks its own tests read."""
+
+  def __init__(self, tmp_path_factory):
+    super().__init__()
+    self._tmp = tmp_path_factory
+
+  def __missing__(self, kind):
+    workdir = self._tmp.mktemp(kind)
+    self[kind] = (workdir, loop.run(tl.tiny(kind), str(workdir)))
+    return self[kind]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """One finished tiny run per task (6 steps, final evaluation, export)."""
-  out = {}
-  for kind in TASKS:
-    workdir = tmp_path_factory.mktemp(kind)
-    out[kind] = (workdir, loop.run(tl.tiny(kind), str(workdir)))
-  return out
+  return _Runs(tmp_path_factory)
 
 
 @pytest.mark.parametrize("kind", TASKS)
