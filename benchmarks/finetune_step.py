@@ -55,6 +55,15 @@ def example_batch(task, model_cfg, batch: int, seed: int = 0) -> dict[str, np.nd
   return {"image1": image(), "image2": image(), "change": label()}
 
 
+def setup(args):
+  """(task, model config, optimizer config, batch) of --task's paper recipe for --model/--dtype/--batch."""
+  config = recipe(args.task, args.model.upper(), args.dtype)
+  config.model.update(step_timing.speed_overrides(args))
+  task = tasks.get(config)
+  model_cfg = task.model_config()
+  return task, model_cfg, config.optimizer, example_batch(task, model_cfg, args.batch)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", required=True, choices=["eurosat", "bigearthnet", "segmunich", "oscd"])
@@ -65,15 +74,10 @@ def main() -> None:
   parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,model sizes (one may be -1)")
   step_timing.add_speed_flags(parser)
   args = parser.parse_args()
-
-  config = recipe(args.task, args.model.upper(), args.dtype)
-  config.model.update(step_timing.speed_overrides(args))
-  task = tasks.get(config)
-  model_cfg = task.model_config()
-  batch = example_batch(task, model_cfg, args.batch)
-  result = step_timing.time_step(task, model_cfg, config.optimizer, batch, mesh_text=args.mesh,
+  task, model_cfg, opt_cfg, batch = setup(args)
+  result = step_timing.time_step(task, model_cfg, opt_cfg, batch, mesh_text=args.mesh,
                                  num_steps=args.steps, peak_tflops=args.peak_tflops)
-  print(json.dumps({"task": args.task, "model": config.model.name, "size": args.model.upper(),
+  print(json.dumps({"task": args.task, "model": task.config.model.name, "size": args.model.upper(),
                     "batch": args.batch, "dtype": args.dtype, **result}))
 
 

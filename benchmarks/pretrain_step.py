@@ -28,6 +28,18 @@ import step_timing  # noqa: E402
 from spectralgpt_jax import tasks  # noqa: E402
 
 
+def setup(args):
+  """(task, model config, optimizer config, batch) of the pretraining step for --model/--dtype/--batch/--mask_ratio."""
+  config = ml_collections.ConfigDict(dict(
+      task="pretrain", compute_dtype=args.dtype, data={}, loss={}, metrics={},
+      model=dict(name=args.model, mask_ratio=args.mask_ratio, **step_timing.speed_overrides(args))))
+  task = tasks.get(config)
+  cfg = task.model_config()
+  opt_cfg = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_grad_norm=0.0))
+  images = jax.random.uniform(jax.random.key(1), (args.batch, cfg.img_size, cfg.img_size, cfg.num_frames))
+  return task, cfg, opt_cfg, {"image": images}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="mae_vit_base_patch8_128")
@@ -38,15 +50,8 @@ def main() -> None:
   step_timing.add_speed_flags(parser)
   parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,model sizes (one may be -1)")
   args = parser.parse_args()
-
-  config = ml_collections.ConfigDict(dict(
-      task="pretrain", compute_dtype=args.dtype, data={}, loss={}, metrics={},
-      model=dict(name=args.model, mask_ratio=args.mask_ratio, **step_timing.speed_overrides(args))))
-  task = tasks.get(config)
-  cfg = task.model_config()
-  opt_cfg = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_grad_norm=0.0))
-  images = jax.random.uniform(jax.random.key(1), (args.batch, cfg.img_size, cfg.img_size, cfg.num_frames))
-  result = step_timing.time_step(task, cfg, opt_cfg, {"image": images}, mesh_text=args.mesh, num_steps=args.steps,
+  task, cfg, opt_cfg, batch = setup(args)
+  result = step_timing.time_step(task, cfg, opt_cfg, batch, mesh_text=args.mesh, num_steps=args.steps,
                                  mask_ratio=args.mask_ratio, peak_tflops=args.peak_tflops)
   print(json.dumps({"model": args.model, "batch": args.batch, "mask_ratio": args.mask_ratio, "dtype": args.dtype,
                     **result}))

@@ -26,33 +26,23 @@ import tempfile
 import time
 
 import jax
-import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune_step  # noqa: E402
+import pretrain_step  # noqa: E402
 import step_timing  # noqa: E402
 
-from spectralgpt_jax import runtime, tasks  # noqa: E402
+from spectralgpt_jax import runtime  # noqa: E402
 
 _SKIP = ("ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool", "end:", "$", "PjitFunction")
 
 
 def build(args):
-  """(task, model config, optimizer config, host batch) of the step to profile."""
+  """(task, model config, optimizer config, host batch) of the step to profile, as the step benchmarks build it."""
   if args.task == "mae":
-    config = ml_collections.ConfigDict(dict(
-        task="pretrain", compute_dtype=args.dtype, data={}, loss={}, metrics={},
-        model=dict(name=args.model, mask_ratio=0.9, **step_timing.speed_overrides(args))))
-    task = tasks.get(config)
-    cfg = task.model_config()
-    opt = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_grad_norm=0.0))
-    images = jax.random.uniform(jax.random.key(1), (args.batch, cfg.img_size, cfg.img_size, cfg.num_frames))
-    return task, cfg, opt, {"image": images}
-  config = finetune_step.recipe(args.task, args.model.upper(), args.dtype)
-  config.model.update(step_timing.speed_overrides(args))
-  task = tasks.get(config)
-  cfg = task.model_config()
-  return task, cfg, config.optimizer, finetune_step.example_batch(task, cfg, args.batch)
+    args.mask_ratio = 0.9
+    return pretrain_step.setup(args)
+  return finetune_step.setup(args)
 
 
 def op_durations(trace_dir: str) -> collections.Counter:
@@ -75,31 +65,31 @@ def _dims(shape: str) -> list[int]:
   return [int(d) for d in re.findall(r"\[([\d,]*)\]", shape)[0].split(",") if d]
 
 
-def dots_of(hlo: str) -> dict[str, list[tuple[str, str, str, int]]]:
-  """For every fusion or dot instruction of an optimized HLO module: its dots as (out, lhs, rhs, flops)."""
+def dots_of(hlo: str) -> dict[str, list[tuple[str, str, str, int, bool]]]:
+  """The dots of every fusion and of every plain dot instruction of an optimized HLO module, by instruction name:
+  (out, lhs, rhs, flops, batched), shapes with their element types."""
   bodies = dict(re.findall(r"^%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
-  found = {}
-  for name, callee in re.findall(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*?calls=%([\w.\-]+)", hlo):
-    found[name] = _dots_in(bodies.get(callee, ""))
-  for body in bodies.values():       # dots that are instructions of their own (not inside a fusion)
-    for line in body.splitlines():
-      if " dot(" in line and (m := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)):
-        found.setdefault(m.group(1), _dots_in(body, only=m.group(1)))
+  per_body = {name: _dots_in(body) for name, body in bodies.items()}
+  fusions = dict(re.findall(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*?calls=%([\w.\-]+)", hlo))
+  found = {name: [tuple(dot) for _, *dot in per_body.get(callee, [])] for name, callee in fusions.items()}
+  fused = set(fusions.values())
+  for body, dots in per_body.items():     # dots that are instructions of their own, outside any fusion
+    if body not in fused:
+      found.update({name: [tuple(dot)] for name, *dot in dots})
   return found
 
 
-def _dots_in(body: str, only: str | None = None) -> list[tuple[str, str, str, int]]:
+def _dots_in(body: str) -> list[tuple[str, str, str, str, int, bool]]:
   shapes = dict(re.findall(r"%([\w.\-]+) = (\w+\[[\d,]*\])", body))
-  shapes.update(re.findall(r"([\w.\-]+): (\w+\[[\d,]*\])", body))
+  shapes.update(re.findall(r"([\w.\-]+): (\w+\[[\d,]*\])", body))          # the computation's parameters
   dots = []
   pattern = r"%([\w.\-]+) = (\w+\[[\d,]*\])\S* dot\(%([\w.\-]+), %([\w.\-]+)\), ([^\n]*)"
   for name, out, lhs, rhs, attrs in re.findall(pattern, body):
-    if only and name != only:
-      continue
     contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs).group(1)
     lhs_dims = _dims(shapes.get(lhs, "?[]"))
     k = math.prod(lhs_dims[int(c)] for c in contracting.split(",") if c) if lhs_dims else 0
-    dots.append((out, shapes.get(lhs, "?"), shapes.get(rhs, "?"), 2 * math.prod(_dims(out)) * k))
+    dots.append((name, out, shapes.get(lhs, "?"), shapes.get(rhs, "?"), 2 * math.prod(_dims(out)) * k,
+                 "lhs_batch_dims" in attrs))
   return dots
 
 
@@ -137,12 +127,12 @@ def main() -> None:
     own = dots.get(name, [])
     flops = sum(d[3] for d in own)
     top.append({"name": name, "kind": kind_of(name), "thread_s": round(s, 4),
-                "dots": [f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, _ in own],
+                "dots": [f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, *_ in own],
                 "gflop": round(flops / 1e9, 3), "gflop_per_s": round(flops / s / 1e9, 1) if flops else None})
   by_dot = collections.defaultdict(lambda: [0.0, 0, 0])
   for name, s in seconds.items():
     if dots.get(name):
-      group = by_dot[" + ".join(f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, _ in dots[name])]
+      group = by_dot[" + ".join(f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, *_ in dots[name])]
       group[0] += s
       group[1] += 1
       group[2] += sum(d[3] for d in dots[name])

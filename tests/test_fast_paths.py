@@ -137,6 +137,12 @@ def test_bfloat16_compute_stays_close_to_float32():
   assert len(cos) > 20 and min(cos) > 0.98, cos
 
 
+def test_bfloat16_linear_layers_under_remat_equal_no_remat():
+  """The written-out VJP of the bf16 linear layers on CPU (models/matmul.py) under rematerialisation."""
+  _assert_close(_loss_and_grads("mae_vit_tiny", False, dtype="bfloat16", remat="dots"),
+                _loss_and_grads("mae_vit_tiny", False, dtype="bfloat16"), 1e-5)
+
+
 def test_unknown_remat_policy_names_the_field():
   with pytest.raises(ValueError, match=r"model\.remat='some'"):
     models.get_config("mae_vit_tiny", remat="some")

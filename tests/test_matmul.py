@@ -1,7 +1,8 @@
 """bfloat16 matmuls on CPU (models/matmul.py): the same maths as the plain bf16 dot, run on XLA:CPU's bf16 kernels."""
 from __future__ import annotations
 
-import re
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,9 @@ from flax import nnx
 
 from spectralgpt_jax import models
 from spectralgpt_jax.models import matmul
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import profile_step  # noqa: E402  (its HLO reader)
 
 DIMS = (((2,), (0,)), ((), ()))
 
@@ -52,17 +56,6 @@ def test_linear_dot_general_leaves_float32_and_other_dimension_numbers_to_lax():
                                 np.asarray(jax.lax.dot_general(xb, w3, batch_dims), np.float32))
 
 
-def _dot_operand_dtypes(hlo: str) -> list[tuple[str, str, bool]]:
-  """(lhs type, rhs type, batched) of every dot in an optimized HLO module (operands looked up in their computation)."""
-  dots = []
-  for body in hlo.split("\n\n"):
-    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", body))
-    types.update(re.findall(r"([\w.\-]+): (\w+)\[", body))          # computation parameters
-    for lhs, rhs, batch in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\), (lhs_batch_dims)?", body):
-      dots.append((types.get(lhs, "?"), types.get(rhs, "?"), bool(batch)))
-  return dots
-
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the XLA:CPU rewrite of bf16 dots")
 def test_bfloat16_mae_keeps_its_linear_layers_in_bfloat16_on_cpu():
   """The compiled loss + gradient of a bf16 MAE: every dot of the linear layers and the patch embedding (forward,
@@ -79,25 +72,9 @@ def test_bfloat16_mae_keeps_its_linear_layers_in_bfloat16_on_cpu():
     return nnx.merge(graphdef, p, rest)(images, mask_ratio=0.75, noise=noise)["loss"]
 
   hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-  linear = [(lhs, rhs) for lhs, rhs, batched in _dot_operand_dtypes(hlo) if not batched]
+  dots = [dot for found in profile_step.dots_of(hlo).values() for dot in found]
+  linear = [(lhs.split("[")[0], rhs.split("[")[0]) for _, lhs, rhs, _, batched in dots if not batched]
   # 3 dots (forward, input gradient, weight gradient) per linear layer; the patch embedding has no input gradient
   assert len(linear) >= 3 * 4 * model.cfg.depth, linear
   assert set(linear) == {("bf16", "bf16")}, sorted(set(linear))
 
-
-@pytest.mark.parametrize("remat", ["dots"])
-def test_bfloat16_linear_layers_under_remat_equal_no_remat(remat):
-  """The custom VJP of the bf16 linear layers under rematerialisation: the same loss and gradients."""
-  def loss_and_grads(**overrides):
-    model = models.build("mae_vit_tiny", seed=0, dtype="bfloat16", **overrides)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    images = jax.random.uniform(jax.random.key(1), (2, model.cfg.img_size, model.cfg.img_size, model.cfg.num_frames))
-    noise = jax.random.uniform(jax.random.key(2), (2, model.cfg.num_tokens))
-
-    def loss(p):
-      return nnx.merge(graphdef, p, rest)(images, mask_ratio=0.75, noise=noise)["loss"]
-    return jax.jit(jax.value_and_grad(loss))(params)
-
-  plain, rematted = loss_and_grads(), loss_and_grads(remat=remat)
-  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematted)):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)
