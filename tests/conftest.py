@@ -1,12 +1,25 @@
-"""Test setup: 8 fake CPU devices, parsed absl flags (grain reads them), fast compiles.
+"""Test setup: 8 fake CPU devices, parsed absl flags (grain reads them), fast compiles, and one compilation cache
+per test run.
 
 Must run before any test module imports jax.
 """
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Many tests compile the same tiny programs (one task's train step from several tests, the CLI subprocesses): a
+# persistent compilation cache shared by the pytest-xdist workers and the subprocesses they start (through the
+# environment) compiles each once. Each run makes a new empty one and removes it at the end: nothing is carried over
+# from an earlier run or another checkout.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:   # the pytest process (xdist's controller): its workers and their subprocesses inherit the variable
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="spectralgpt_jax_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from absl import flags  # noqa: E402
 
@@ -40,3 +53,8 @@ def fast_compiles():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def pytest_sessionfinish(session):
+  if _OWN_CACHE and not hasattr(session.config, "workerinput"):   # the process that made the cache directory
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -19,6 +19,9 @@ from spectralgpt_jax.interop import keymap, load_pth
 from spectralgpt_jax.interop.torch_pickle import state_dict_of
 from spectralgpt_jax.models import flops
 
+# Compile time dominates these tiny models: XLA's cheaper optimisation level (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 DOWN = Path(__file__).parent / "data" / "reference_downstream"
 OUTPUTS = ("merged", "m0", "m1", "m2", "m3", "fpn", "logits")
 # The fixture head's widths: token dim 48, neck (32, 32, 64, 128) (PPM input 128), FPN 16, 5 classes, 16x16 grid.

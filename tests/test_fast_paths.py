@@ -14,6 +14,9 @@ from spectralgpt_jax import models, sharding
 from spectralgpt_jax.models.attention import attention
 from spectralgpt_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES, resolve_attention
 
+# Compile time dominates these tiny models: XLA's cheaper optimisation level (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 
 def _qkvg(shape, dtype=jnp.float32):
   return [jax.random.normal(k, shape, dtype) for k in jax.random.split(jax.random.key(0), 4)]

@@ -8,6 +8,9 @@ from flax import nnx
 from spectralgpt_jax import models
 from spectralgpt_jax.models.mae import num_kept, random_masking, reconstruction_loss
 
+# Compile time dominates these tiny models: XLA's cheaper optimisation level (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 # Reference parameter counts (measured on the PyTorch reference).
 REFERENCE_COUNTS = {
     "mae_vit_base_patch8_96": 98_496_960, "mae_vit_base_patch8_128": 98_640_320,
@@ -59,6 +62,24 @@ def test_every_variant_output_shapes_and_param_counts(name):
     assert out.shape == (2, cfg.img_size, cfg.img_size, cfg.num_classes) and out.dtype == jnp.float32
   else:
     assert out.shape == (2, cfg.num_classes)
+
+
+@pytest.mark.parametrize("name", ["mae_vit_tiny", "vit_tiny", "seg_vit_tiny", "cd_vit_tiny"])
+def test_seeded_build_draws_the_keys_of_nnx_rngs_eagerly_and_under_jit(name):
+  """`build(seed=s)` (models.ParamKeys) gives exactly the parameters of `nnx.Rngs(params=s)`, eagerly and with the
+  constructor traced (how train.state creates a sharded state; jit rounds some initialisers differently from eager
+  mode, so each is compared with its own kind)."""
+  params = lambda build: jax.tree.leaves(nnx.state(build(), nnx.Param))                    # noqa: E731
+  with_rngs = lambda: models.build(name, rngs=nnx.Rngs(params=3))                          # noqa: E731
+  with_seed = lambda: models.build(name, seed=3)                                           # noqa: E731
+  pairs = [(params(with_rngs), params(with_seed)),
+           (jax.jit(lambda: params(with_rngs))(), jax.jit(lambda: params(with_seed))())]
+  for expected, got in pairs:
+    assert len(expected) == len(got) > 10
+    for a, b in zip(expected, got):
+      np.testing.assert_array_equal(a, b)
+  other_seed = params(lambda: models.build(name, seed=4))
+  assert not all(np.array_equal(a, b) for a, b in zip(pairs[0][1], other_seed))
 
 
 def test_token_grids():
