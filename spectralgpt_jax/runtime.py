@@ -14,6 +14,7 @@ the benchmarks); library code and tests never do.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -22,6 +23,7 @@ import sys
 
 DISABLE_ENV = "SPECTRALGPT_JAX_FAST_RUNTIME"
 ALLOCATOR_ENV = "SPECTRALGPT_JAX_ALLOCATOR"
+BF16_DOTS_ENV = "SPECTRALGPT_JAX_CPU_BF16_DOTS"
 _APPLIED_ENV = "_SPECTRALGPT_JAX_RUNTIME"   # set before the re-exec: the child must not exec again
 # Shared-library names, best first; searched in the usual library folders (Debian/Ubuntu, Fedora, conda).
 ALLOCATORS = {
@@ -121,16 +123,36 @@ def describe() -> str:
   return f"allocator: {_state['allocator']}{flags}"
 
 
-def cpu_summary() -> str:
-  """The CPU as benchmarks record it (machines of one kind differ): model name, logical CPUs, the ISA extensions
-  that decide matmul speed (AVX-512, its bf16 dot products, AMX)."""
-  info = {}
+@functools.cache
+def cpu_info() -> dict[str, str]:
+  """The first processor's /proc/cpuinfo fields ({} where there is none: macOS, Windows)."""
+  info: dict[str, str] = {}
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
         key, _, value = line.partition(":")
         info.setdefault(key.strip(), value.strip())
   except OSError:
+    pass
+  return info
+
+
+def cpu_has_bf16_dots() -> bool:
+  """Whether this CPU has bfloat16 dot-product instructions (x86 AVX512-BF16 or AMX-BF16), which XLA:CPU's bf16
+  kernels need to beat float32. Without them (AVX2-only x86; ARM is not measured) the bf16 kernels ran 1.3-1.6x
+  slower than float32 dots (docs/benchmarks.md). `SPECTRALGPT_JAX_CPU_BF16_DOTS=1|0` overrides the detection."""
+  forced = os.environ.get(BF16_DOTS_ENV, "")
+  if forced in ("0", "1"):
+    return forced == "1"
+  flags = set(cpu_info().get("flags", "").split())
+  return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_summary() -> str:
+  """The CPU as benchmarks record it (machines of one kind differ): model name, logical CPUs, the ISA extensions
+  that decide matmul speed (AVX-512, its bf16 dot products, AMX)."""
+  info = cpu_info()
+  if not info:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
   flags = set(info.get("flags", "").split())
   isa = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]

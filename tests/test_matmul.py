@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from spectralgpt_jax import models
+from spectralgpt_jax import models, runtime
 from spectralgpt_jax.models import matmul
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -34,7 +34,36 @@ def _f32(tree):
   return [np.asarray(t, np.float32) for t in tree]
 
 
-def test_linear_dot_general_equals_the_exact_product_rounded_once():
+@pytest.fixture
+def bf16_kernels(monkeypatch):
+  """The bf16-kernel form on whatever this CPU has (the gate is read when a function is traced: use fresh ones)."""
+  monkeypatch.setenv(runtime.BF16_DOTS_ENV, "1")
+
+
+@pytest.mark.parametrize("flags,env,expected", [
+    ("fpu sse2 avx2 fma", "", False), ("avx2 avx512f avx512_bf16", "", True), ("avx2 amx_bf16 amx_tile", "", True),
+    ("avx2 avx512f avx512_bf16", "0", False), ("avx2", "1", True), ("avx2", "yes", False)])
+def test_cpu_has_bf16_dots_reads_the_flags_and_the_override(monkeypatch, flags, env, expected):
+  monkeypatch.setattr(runtime, "cpu_info", lambda: {"flags": flags})
+  monkeypatch.setenv(runtime.BF16_DOTS_ENV, env)
+  assert runtime.cpu_has_bf16_dots() is expected
+
+
+def test_without_bf16_dot_products_bf16_linear_layers_are_the_plain_dot(monkeypatch):
+  """On an AVX2-only CPU YNNPACK's bf16 kernels are slower than XLA's float32 conversion: the plain dot is kept."""
+  x, w, g = _x_w_g()
+  jaxpr = lambda: str(jax.make_jaxpr(lambda a, b: matmul.linear_dot_general(a, b, DIMS))(x, w))   # noqa: E731
+  monkeypatch.setenv(runtime.BF16_DOTS_ENV, "0")
+  assert "custom_vjp" not in jaxpr()
+  got = jax.jit(lambda *a: _value_and_grads(matmul.linear_dot_general, *a))(x, w, g)
+  want = jax.jit(lambda *a: _value_and_grads(jax.lax.dot_general, *a))(x, w, g)
+  for a, b in zip(_f32(got), _f32(want)):
+    np.testing.assert_array_equal(a, b)
+  monkeypatch.setenv(runtime.BF16_DOTS_ENV, "1")
+  assert "custom_vjp" in jaxpr() and jax.default_backend() == "cpu"
+
+
+def test_linear_dot_general_equals_the_exact_product_rounded_once(bf16_kernels):
   """Output and both gradients: the float32 product of the bf16 operands, rounded once to bf16 (one ulp)."""
   x, w, g = _x_w_g()
   fast = jax.jit(lambda *a: _value_and_grads(matmul.linear_dot_general, *a))(x, w, g)
@@ -57,10 +86,10 @@ def test_linear_dot_general_leaves_float32_and_other_dimension_numbers_to_lax():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the XLA:CPU rewrite of bf16 dots")
-def test_bfloat16_mae_keeps_its_linear_layers_in_bfloat16_on_cpu():
+def test_bfloat16_mae_keeps_its_linear_layers_in_bfloat16_on_cpu(bf16_kernels):
   """The compiled loss + gradient of a bf16 MAE: every dot of the linear layers and the patch embedding (forward,
-  input and weight gradients) takes bf16 operands. With the plain bf16 dot, which the model used before, XLA:CPU
-  converts all of them to float32 dots. (Attention's batched dots are left out: at the tiny model's 4-16 tokens
+  input and weight gradients) takes bf16 operands. With the plain bf16 dot (kept on CPUs without bf16 dot products)
+  XLA:CPU converts all of them to float32 dots. (Attention's batched dots are left out: at the tiny model's 4-16 tokens
   XLA:CPU runs them in float32 either way.)"""
   model = models.build("mae_vit_tiny", seed=0, dtype="bfloat16")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from spectralgpt_jax.tasks.reporting import _jsonable
 
-__all__ = ["OutputError", "RasterWriter", "GeoParquetWriter", "quicklook_png", "class_colormap", "class_band_tags",
+__all__ = ["OutputError", "RasterWriter", "GeoParquetWriter", "quicklook_png", "class_colormap", "class_band_tags",  # noqa: F822 (lazy)
            "palette_colour"]
 
 _LAZY = {"RasterWriter": "cog", "GeoParquetWriter": "geoparquet", "quicklook_png": "quicklook"}

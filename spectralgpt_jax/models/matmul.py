@@ -7,13 +7,15 @@ result from bfloat16 operands, XLA:CPU runs YNNPACK's bf16 kernels: measured on 
 [4096, 512] x [512, 512] at 250-340 GFLOP/s, against 125 with a bf16 result and 164 in float32 (docs/benchmarks.md).
 
 So the linear layers (and the patch embedding) call `linear_dot_general`, a drop-in `dot_general` for
-`nnx.Linear`: on CPU with bfloat16 operands it asks for a float32 result and rounds it to the operands' dtype. That is
-the same maths as the plain 16-bit dot (float32 accumulation, a 16-bit result). Its backward pass is written out
-(`jax.custom_vjp`) so that the input and weight gradients take the fast form too; autodiff of a float32-result dot
-would mix a float32 cotangent with 16-bit operands. Float32 operands, other platforms and other dimension numbers
-go to `jax.lax.dot_general` unchanged. Attention's batched dots are not routed here: XLA:CPU computes the head
-transposes that feed them in float32 (it runs 16-bit elementwise ops and copies in float32), so they stay float32
-dots either way (measured; docs/benchmarks.md).
+`nnx.Linear`: on XLA:CPU, on a CPU with bf16 dot products (`bf16_kernels_pay`), with bfloat16 operands, it asks for
+a float32 result and rounds it to the operands' dtype. That is the same maths as the plain 16-bit dot (float32
+accumulation, a 16-bit result). Its backward pass is written out (`jax.custom_vjp`) so that the input and weight
+gradients take the fast form too; autodiff of a float32-result dot would mix a float32 cotangent with 16-bit
+operands. Float32 operands, other platforms and other dimension numbers go to `jax.lax.dot_general` unchanged, and
+so do bf16 operands on a CPU without bf16 dot products (AVX2-only x86), where YNNPACK's bf16 kernels measured
+slower than XLA's own conversion to float32. Attention's batched dots are not routed here: XLA:CPU computes the
+head transposes that feed them in float32 (it runs 16-bit elementwise ops and copies in float32), so they stay
+float32 dots either way (measured; docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -21,10 +23,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from spectralgpt_jax import runtime
+
+
+def bf16_kernels_pay() -> bool:
+  """Whether bf16 linear layers take the bf16-kernel form here: on XLA:CPU, on a CPU with bf16 dot products.
+
+  On an AVX2-only CPU the same form ran at 96-101 GFLOP/s against 124-160 for float32 and 123-152 for the plain
+  bf16 dot (which XLA:CPU converts to float32), so there the plain dot is kept (docs/benchmarks.md)."""
+  return jax.default_backend() == "cpu" and runtime.cpu_has_bf16_dots()
+
 
 def _bfloat16_on_cpu(*arrays) -> bool:
   # float16 is left alone: whether XLA:CPU has fast float16 kernels was not measured
-  return jax.default_backend() == "cpu" and all(a.dtype == jnp.bfloat16 for a in arrays)
+  return all(a.dtype == jnp.bfloat16 for a in arrays) and bf16_kernels_pay()
 
 
 def _dot_f32(a, b, dimension_numbers, out_dtype):

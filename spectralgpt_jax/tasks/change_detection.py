@@ -10,7 +10,6 @@ of every test scene (windows blended, see tasks/dense.py).
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 import jax

@@ -34,6 +34,7 @@ from flax import nnx
 from spectralgpt_jax import export, sharding
 from spectralgpt_jax.data import bands as band_registry
 from spectralgpt_jax.interop import CheckpointMismatchError
+from spectralgpt_jax.models import matmul
 from spectralgpt_jax.models.flops import train_step_flops
 from spectralgpt_jax.train import checkpointing, config_checks, evaluation, images, metrics, optim, resume, steps
 from spectralgpt_jax.train import throughput
@@ -230,6 +231,10 @@ def _throughput(r: Run) -> Callable[[float], dict[str, float]]:
   override, mask_ratio = config.get("peak_tflops", 0.0), config.model.get("mask_ratio", 0.9)
   peak = throughput.peak_tflops(devices[0], r.plan.model.dtype, override)
   flops = train_step_flops(r.plan.model, mask_ratio) * config.batch_size
+  if devices[0].platform == "cpu" and r.plan.model.dtype == "bfloat16" and not matmul.bf16_kernels_pay():
+    logging.warning("config.compute_dtype='bfloat16' on a CPU without bf16 dot products (AVX2-only): bf16 steps "
+                    "measured 1.3x slower than float32 there (docs/benchmarks.md); --config.compute_dtype=float32 "
+                    "is faster")
   logging.info("train step: %.3g model TFLOP (analytic, forward + backward); MFU %s", flops / 1e12,
                f"against a peak of {peak:g} TFLOP/s per device" if peak else
                f"not logged: no peak known for {devices[0].device_kind!r} (set --config.peak_tflops)")

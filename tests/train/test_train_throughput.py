@@ -47,3 +47,22 @@ def test_negative_peak_is_a_config_error():
   from spectralgpt_jax.train import config_checks
   with pytest.raises(config_checks.ConfigError, match=r"config\.peak_tflops=-1"):
     config_checks.check(tl.tiny_config(peak_tflops=-1.0), device_count=8)
+
+
+@pytest.mark.parametrize("dtype, bf16_dots, warned", [("bfloat16", "0", True), ("bfloat16", "1", False),
+                                                      ("float32", "0", False)])
+def test_bfloat16_on_a_cpu_without_bf16_dots_logs_the_faster_choice(monkeypatch, caplog, dtype, bf16_dots, warned):
+  import logging
+
+  import jax
+
+  from spectralgpt_jax import runtime
+  from spectralgpt_jax.train import loop
+
+  monkeypatch.setenv(runtime.BF16_DOTS_ENV, bf16_dots)
+  model = models.get_config("vit_tiny", dtype=dtype)
+  run = types.SimpleNamespace(config=tl.tiny_config(compute_dtype=dtype), plan=types.SimpleNamespace(model=model),
+                              mesh=types.SimpleNamespace(devices=np.array(jax.devices()[:1])))
+  with caplog.at_level(logging.WARNING):
+    loop._throughput(run)(1.0)
+  assert ("--config.compute_dtype=float32 is faster" in caplog.text) is warned
