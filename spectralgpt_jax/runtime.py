@@ -10,7 +10,8 @@ jemalloc keep them. `configure()` therefore, on Linux:
   3. adds the XLA CPU flags that measured faster (`CPU_XLA_FLAGS`) to `XLA_FLAGS`, unless the user set them.
 `SPECTRALGPT_JAX_FAST_RUNTIME=0` turns all of it off; `SPECTRALGPT_JAX_ALLOCATOR=tcmalloc|jemalloc|glibc` picks
 one. The choice is logged once (`describe()`). Entry points call it first thing (`main.py`, `predict`, `embed`,
-the benchmarks); library code and tests never do.
+the benchmarks); library code and tests never do. `cpu_has_bf16_dots()` (read by `models/matmul.py` when a
+function is traced; `SPECTRALGPT_JAX_CPU_BF16_DOTS=1|0` overrides it) says whether bf16 matmul kernels pay here.
 """
 from __future__ import annotations
 
