@@ -23,8 +23,8 @@ from typing import Sequence
 
 from spectralgpt_jax.tasks.reporting import _jsonable
 
-__all__ = ["OutputError", "RasterWriter", "GeoParquetWriter", "quicklook_png", "class_colormap", "class_band_tags",  # noqa: F822 (lazy)
-           "palette_colour"]
+__all__ = ["OutputError", "class_colormap", "class_band_tags", "palette_colour",
+           "RasterWriter", "GeoParquetWriter", "quicklook_png"]   # noqa: F822 (these three are lazy: __getattr__)
 
 _LAZY = {"RasterWriter": "cog", "GeoParquetWriter": "geoparquet", "quicklook_png": "quicklook"}
 

@@ -1,14 +1,16 @@
 """MFU bookkeeping: the device peak table, the override, and the step statistics written to metrics.jsonl."""
 from __future__ import annotations
 
+import logging
 import types
 
+import jax
 import numpy as np
 import pytest
 
-from spectralgpt_jax import models
+from spectralgpt_jax import models, runtime
 from spectralgpt_jax.models.flops import train_step_flops
-from spectralgpt_jax.train import throughput
+from spectralgpt_jax.train import loop, throughput
 
 import train_testlib as tl
 
@@ -52,13 +54,6 @@ def test_negative_peak_is_a_config_error():
 @pytest.mark.parametrize("dtype, bf16_dots, warned", [("bfloat16", "0", True), ("bfloat16", "1", False),
                                                       ("float32", "0", False)])
 def test_bfloat16_on_a_cpu_without_bf16_dots_logs_the_faster_choice(monkeypatch, caplog, dtype, bf16_dots, warned):
-  import logging
-
-  import jax
-
-  from spectralgpt_jax import runtime
-  from spectralgpt_jax.train import loop
-
   monkeypatch.setenv(runtime.BF16_DOTS_ENV, bf16_dots)
   model = models.get_config("vit_tiny", dtype=dtype)
   run = types.SimpleNamespace(config=tl.tiny_config(compute_dtype=dtype), plan=types.SimpleNamespace(model=model),
