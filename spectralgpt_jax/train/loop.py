@@ -225,16 +225,21 @@ def _log_memory(memory) -> None:
                mib("alias_size_in_bytes"), mib("temp_size_in_bytes"), mib("generated_code_size_in_bytes"))
 
 
+def _warn_slow_cpu_bfloat16(r: Run) -> None:
+  """Before compiling: bf16 on a CPU without bf16 dot products is slower than float32 (said once, at start-up)."""
+  device = r.mesh.devices.flat[0]
+  if device.platform == "cpu" and r.plan.model.dtype == "bfloat16" and not matmul.bf16_kernels_pay():
+    logging.warning("config.compute_dtype='bfloat16' on a CPU without bf16 dot products (AVX2-only): bf16 steps "
+                    "measured 1.3x slower than float32 there (docs/benchmarks.md); --config.compute_dtype=float32 "
+                    "is faster")
+
+
 def _throughput(r: Run) -> Callable[[float], dict[str, float]]:
   """step time -> img_per_s, tokens_per_s, model_tflops_per_s and mfu (when the device's peak is known)."""
   config, devices = r.config, list(r.mesh.devices.flat)
   override, mask_ratio = config.get("peak_tflops", 0.0), config.model.get("mask_ratio", 0.9)
   peak = throughput.peak_tflops(devices[0], r.plan.model.dtype, override)
   flops = train_step_flops(r.plan.model, mask_ratio) * config.batch_size
-  if devices[0].platform == "cpu" and r.plan.model.dtype == "bfloat16" and not matmul.bf16_kernels_pay():
-    logging.warning("config.compute_dtype='bfloat16' on a CPU without bf16 dot products (AVX2-only): bf16 steps "
-                    "measured 1.3x slower than float32 there (docs/benchmarks.md); --config.compute_dtype=float32 "
-                    "is faster")
   logging.info("train step: %.3g model TFLOP (analytic, forward + backward); MFU %s", flops / 1e12,
                f"against a peak of {peak:g} TFLOP/s per device" if peak else
                f"not logged: no peak known for {devices[0].device_kind!r} (set --config.peak_tflops)")
@@ -280,6 +285,7 @@ def train(r: Run) -> dict[str, Any]:
 
   step_cfg = steps.StepConfig(task=task, accum_steps=config.optimizer.accum_steps)
   batch = next(r.train_iter)       # the first batch of this run, also the compile example
+  _warn_slow_cpu_bfloat16(r)
   compiled_step, memory = steps.compile_train_step(
       functools.partial(steps.train_step, r.sharded.graphdef, r.keys[0], r.schedule, step_cfg, r.batch_sharding),
       r.state, r.sharded.shardings, batch, r.batch_sharding)

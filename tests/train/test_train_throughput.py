@@ -56,8 +56,8 @@ def test_negative_peak_is_a_config_error():
 def test_bfloat16_on_a_cpu_without_bf16_dots_logs_the_faster_choice(monkeypatch, caplog, dtype, bf16_dots, warned):
   monkeypatch.setenv(runtime.BF16_DOTS_ENV, bf16_dots)
   model = models.get_config("vit_tiny", dtype=dtype)
-  run = types.SimpleNamespace(config=tl.tiny_config(compute_dtype=dtype), plan=types.SimpleNamespace(model=model),
+  run = types.SimpleNamespace(plan=types.SimpleNamespace(model=model),
                               mesh=types.SimpleNamespace(devices=np.array(jax.devices()[:1])))
   with caplog.at_level(logging.WARNING):
-    loop._throughput(run)(1.0)
+    loop._warn_slow_cpu_bfloat16(run)
   assert ("--config.compute_dtype=float32 is faster" in caplog.text) is warned
