@@ -63,7 +63,7 @@ def run(args) -> list[str]:
   from spectralgpt_jax.inference import checkpoint as ckpt_lib
   from spectralgpt_jax.inference import engine, scene_io, writers
   checkpoint = ckpt_lib.load(args.checkpoint)
-  scene = scene_io.open_scene(args.input, bands=cli.band_list(args.bands))
+  scene = scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize)
   try:
     scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     grid = cli.tile_grid(scene, checkpoint, args.overlap, dense=False)
@@ -74,7 +74,7 @@ def run(args) -> list[str]:
                              mesh_shape=cli.mesh_shape(args.mesh))
     dim, patch = checkpoint.cfg.embed_dim, checkpoint.cfg.patch_size
     tags = {"checkpoint": args.checkpoint, "software": "spectralgpt_jax",
-            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+            "command": " ".join(shlex.quote(a) for a in sys.argv), "radiometry": scene.radiometry.describe()}
     meta = {**tags, "arch": checkpoint.metadata.get("arch"), "task": checkpoint.task, "tile_px": grid.tile,
             "stride_px": grid.stride, "bands": list(checkpoint.model_bands), "input": args.input,
             "normalization": checkpoint.normalization, "embedding": "LayerNorm(mean of last-block tokens)"}

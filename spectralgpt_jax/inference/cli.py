@@ -21,6 +21,22 @@ def band_list(text: str | None) -> tuple[str, ...] | None:
   return tuple(b.strip() for b in text.split(",") if b.strip()) if text else None
 
 
+def harmonize_choice(text: str):
+  """argparse type of --harmonize: 'auto', 'off' or a number of DN (one-line usage error otherwise)."""
+  import argparse
+
+  from spectralgpt_jax.inference import radiometry
+  try:
+    return radiometry.parse_choice(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
+HARMONIZE_HELP = ("how stored DN become the encoding SpectralGPT was trained on (reflectance x 10000, before "
+                  "processing baseline 04.00): auto = from the product's metadata (.SAFE MTD, STAC, GDAL "
+                  "scale/offset), off = as stored, or a number of DN to add to every band, e.g. -1000")
+
+
 def mesh_shape(text: str) -> tuple[int, int, int]:
   try:
     sizes = tuple(int(s) for s in text.split(","))

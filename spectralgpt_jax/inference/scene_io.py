@@ -14,6 +14,10 @@ band meets the swath edge) and a pixel is valid only when every requested band i
 are invalid. Everywhere: non-finite values and pixels outside a band's footprint are invalid, and the returned
 data is 0 wherever `valid` is False.
 
+Radiometry. Valid pixels are returned as harmonised DN (reflectance x 10000, the encoding before processing
+baseline 04.00, which SpectralGPT's data used): `open_scene(harmonize="auto")` reads the product's offsets from its
+metadata (see `radiometry`); "off" keeps the stored DN; a number adds that many DN to every band.
+
 Datasets are GDAL handles: use one Scene from one thread at a time.
 """
 
@@ -38,6 +42,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 
 from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.inference import radiometry as radiometry_lib
 from spectralgpt_jax.inference import scene_sources
 from spectralgpt_jax.inference.band_names import canonical_band_name  # noqa: F401  (part of this module's API)
 from spectralgpt_jax.inference.scene_sources import SceneError
@@ -124,6 +129,7 @@ class Scene:
   bands: tuple[str, ...]  # canonical names available, in canonical order (B10 included when present)
   kind: str = "raster"  # raster / folder / safe / stac
   resampled_onto: str | None = None  # the grid= scene's source, when this scene was resampled onto it
+  radiometry: radiometry_lib.Radiometry = dataclasses.field(default_factory=radiometry_lib.Radiometry)
   _sources: dict = dataclasses.field(default_factory=dict, repr=False)  # band -> _Source
   _zero_is_nodata: bool = dataclasses.field(default=False, repr=False)
   _driver: str = dataclasses.field(default="", repr=False)
@@ -156,6 +162,7 @@ class Scene:
     ok &= np.isfinite(inner).all(axis=-1)
     if self._zero_is_nodata:
       ok &= (inner != 0).any(axis=-1)
+    inner[...] = self.radiometry.apply(inner, names)   # after validity: stored DN 0 stays nodata
     inner[~ok] = 0
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
     return data, valid
@@ -184,7 +191,15 @@ class Scene:
     unit = "m" if self.crs.is_projected else "deg"
     onto = f", resampled onto the grid of {self.resampled_onto}" if self.resampled_onto else ""
     return (f"{kind} {self.source}: {self.width}x{self.height} px at {self.resolution:g} {unit}, "
-            f"{self.crs.to_string()}, bands {','.join(self.bands)}{onto}")
+            f"{self.crs.to_string()}, bands {','.join(self.bands)}{onto}; {self.radiometry.describe()}")
+
+  def gdal_scaling(self) -> dict[str, tuple[float, float]]:
+    """{band: (scale, offset)} from the GDAL metadata of the files behind the scene (1, 0 when unset)."""
+    out = {}
+    for band, source in self._sources.items():
+      ds, index = (source.owned or [source.dataset])[0], source.indexes[band]
+      out[band] = (ds.scales[index - 1], ds.offsets[index - 1])
+    return out
 
   def close(self) -> None:
     for source in {id(s): s for s in self._sources.values()}.values():
@@ -214,9 +229,22 @@ def require_bands(scene: Scene, needed: Sequence[str], what: str) -> None:
                      f"(it has {','.join(scene.bands) or 'none'})")
 
 
-def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | None = None) -> Scene:
+def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | None = None,
+               harmonize: str | float = "auto") -> Scene:
   """Open a scene. `bands` names a multi-band raster's bands in file order (only needed when its descriptions do
-  not); `grid` resamples every band onto another scene's grid instead of this scene's own 10 m grid."""
+  not); `grid` resamples every band onto another scene's grid instead of this scene's own 10 m grid; `harmonize`
+  ("auto", "off" or a DN offset) says how stored DN become harmonised DN (see `radiometry`)."""
+  scene = _open_scene(path, bands, grid)
+  try:
+    scene.radiometry = radiometry_lib.for_scene(harmonize, scene.kind, scene.source, scene.bands,
+                                                scene.gdal_scaling())
+  except BaseException:
+    scene.close()
+    raise
+  return scene
+
+
+def _open_scene(path: str, bands, grid) -> Scene:
   path = os.fspath(path)
   if not path.startswith("/vsi") and not os.path.exists(path):
     raise SceneError(f"{path}: no such file or directory")
@@ -292,7 +320,7 @@ def _check_overlap(path: str, ds, grid: _Grid, grid_source: str) -> None:
 def _open_raster(path: str, bands, target: _Grid | None, grid: Scene | None) -> Scene:
   ds = _open(path)
   try:
-    indexes = _raster_band_indexes(path, ds, bands)
+    indexes = scene_sources.raster_band_indexes(path, ds, bands)
     own = _Grid(ds.crs, ds.transform, ds.width, ds.height)
     if target is not None:
       _check_overlap(path, ds, target, grid.source)
@@ -304,45 +332,6 @@ def _open_raster(path: str, bands, target: _Grid | None, grid: Scene | None) -> 
   names = tuple(b for b in bandlib.ALL_13 if b in indexes)
   return Scene(path, out.crs, out.transform, out.width, out.height, names, kind="raster",
                resampled_onto=grid.source if grid else None, _sources={b: source for b in names}, _driver=ds.driver)
-
-
-def _raster_band_indexes(path: str, ds, bands) -> dict[str, int]:
-  """{canonical band: 1-based index} of a multi-band raster, from `bands` (file order) or its descriptions.
-  Alpha bands are never data; descriptions that are not band names ("SCL", "cloud mask") are skipped."""
-  data = [i for i in range(1, ds.count + 1) if ds.colorinterp[i - 1] != ColorInterp.alpha]
-  if bands is not None:
-    names = [canonical_band_name(b) for b in bands]
-    unknown = [b for b, n in zip(bands, names) if n is None]
-    if unknown:
-      raise SceneError(f"{path}: unknown band name(s) {unknown} in --bands (use B01..B12, B8A, B10 or STAC common "
-                       f"names such as red, nir08)")
-    if len(names) != len(data):
-      raise SceneError(f"{path}: --bands names {len(names)} bands ({','.join(names)}) but the file has "
-                       f"{len(data)} data bands")
-    return _no_duplicates(path, list(zip(names, data)), "--bands")
-  descriptions = [ds.descriptions[i - 1] or "" for i in data]
-  if not any(d.strip() for d in descriptions):
-    raise SceneError(f"{path}: has no band names in its descriptions; pass --bands B04,B03,... (one per band, "
-                     f"in file order)")
-  unnamed = [i for i, d in zip(data, descriptions) if not d.strip()]
-  if unnamed:
-    raise SceneError(f"{path}: bands {unnamed} have no description while others do; pass --bands for all "
-                     f"{len(data)} bands")
-  pairs = [(canonical_band_name(d), i) for i, d in zip(data, descriptions)]
-  pairs = [(n, i) for n, i in pairs if n is not None]
-  if not pairs:
-    raise SceneError(f"{path}: none of its band descriptions {descriptions} is a Sentinel-2 band name; "
-                     f"pass --bands B04,B03,... (one per band, in file order)")
-  return _no_duplicates(path, pairs, "the band descriptions")
-
-
-def _no_duplicates(path: str, pairs, where: str) -> dict[str, int]:
-  out: dict[str, int] = {}
-  for name, index in pairs:
-    if name in out:
-      raise SceneError(f"{path}: band {name} appears twice in {where} (bands {out[name]} and {index})")
-    out[name] = index
-  return out
 
 
 def _open_band_files(path: str, kind: str, files: dict[str, str], target: _Grid | None, grid) -> Scene:

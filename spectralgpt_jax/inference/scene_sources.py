@@ -1,7 +1,8 @@
 """Where a scene's band files are: a folder of band files, a Sentinel-2 .SAFE product, or a STAC item.
 
-Each finder returns {canonical band: GDAL path} and never opens a raster; opening, grids and resampling are the job
-of scene_io. Every problem is a SceneError whose one-line message names the offending file or folder.
+Each finder returns {canonical band: GDAL path} and never opens a raster (`raster_band_indexes` names the bands of
+a multi-band raster scene_io has opened); opening, grids and resampling are the job of scene_io. Every problem is a
+SceneError whose one-line message names the offending file or folder.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+
+from rasterio.enums import ColorInterp
 
 from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.inference.band_names import band_of_filename, canonical_band_name
@@ -106,9 +109,15 @@ def asset_path(href: str, item_path: str) -> str:
 
 
 def stac_bands(item_path: str) -> dict[str, str]:
-  """Band assets of a local STAC item JSON. An asset is a band by its key ("B02", "blue") or, failing that, by its
-  single eo:bands entry (`name`, then `common_name`); key matches win, so Earth Search's "blue-jp2" duplicate of
-  "blue" is ignored. Multi-band assets (the "visual" TCI) are skipped."""
+  """Band assets of a local STAC item JSON, as {band: GDAL path} (see `stac_assets`)."""
+  _, assets = stac_assets(item_path)
+  return {band: asset_path(asset["href"], item_path) for band, asset in assets.items()}
+
+
+def stac_assets(item_path: str) -> tuple[dict, dict[str, dict]]:
+  """(item, {band: asset}) of a local STAC item JSON. An asset is a band by its key ("B02", "blue") or, failing
+  that, by its single eo:bands entry (`name`, then `common_name`); key matches win, so Earth Search's "blue-jp2"
+  duplicate of "blue" is ignored. Multi-band assets (the "visual" TCI) are skipped."""
   try:
     with open(item_path, encoding="utf-8") as f:
       item = json.load(f)
@@ -133,7 +142,7 @@ def stac_bands(item_path: str) -> dict[str, str]:
   chosen = {**by_eo, **by_key}
   if not chosen:
     raise SceneError(f"{item_path}: no asset is a Sentinel-2 band (by key or eo:bands name / common_name)")
-  return {band: asset_path(assets[key]["href"], item_path) for band, key in chosen.items()}
+  return item, {band: assets[key] for band, key in chosen.items()}
 
 
 def _eo_band(asset: dict) -> str | None:
@@ -146,3 +155,42 @@ def _eo_band(asset: dict) -> str | None:
     if band:
       return band
   return None
+
+
+def raster_band_indexes(path: str, ds, bands) -> dict[str, int]:
+  """{canonical band: 1-based index} of a multi-band raster, from `bands` (file order) or its descriptions.
+  Alpha bands are never data; descriptions that are not band names ("SCL", "cloud mask") are skipped."""
+  data = [i for i in range(1, ds.count + 1) if ds.colorinterp[i - 1] != ColorInterp.alpha]
+  if bands is not None:
+    names = [canonical_band_name(b) for b in bands]
+    unknown = [b for b, n in zip(bands, names) if n is None]
+    if unknown:
+      raise SceneError(f"{path}: unknown band name(s) {unknown} in --bands (use B01..B12, B8A, B10 or STAC common "
+                       f"names such as red, nir08)")
+    if len(names) != len(data):
+      raise SceneError(f"{path}: --bands names {len(names)} bands ({','.join(names)}) but the file has "
+                       f"{len(data)} data bands")
+    return _no_duplicates(path, list(zip(names, data)), "--bands")
+  descriptions = [ds.descriptions[i - 1] or "" for i in data]
+  if not any(d.strip() for d in descriptions):
+    raise SceneError(f"{path}: has no band names in its descriptions; pass --bands B04,B03,... (one per band, "
+                     f"in file order)")
+  unnamed = [i for i, d in zip(data, descriptions) if not d.strip()]
+  if unnamed:
+    raise SceneError(f"{path}: bands {unnamed} have no description while others do; pass --bands for all "
+                     f"{len(data)} bands")
+  pairs = [(canonical_band_name(d), i) for i, d in zip(data, descriptions)]
+  pairs = [(n, i) for n, i in pairs if n is not None]
+  if not pairs:
+    raise SceneError(f"{path}: none of its band descriptions {descriptions} is a Sentinel-2 band name; "
+                     f"pass --bands B04,B03,... (one per band, in file order)")
+  return _no_duplicates(path, pairs, "the band descriptions")
+
+
+def _no_duplicates(path: str, pairs, where: str) -> dict[str, int]:
+  out: dict[str, int] = {}
+  for name, index in pairs:
+    if name in out:
+      raise SceneError(f"{path}: band {name} appears twice in {where} (bands {out[name]} and {index})")
+    out[name] = index
+  return out
