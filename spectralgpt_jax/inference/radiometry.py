@@ -35,7 +35,7 @@ import numpy as np
 from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.inference import scene_sources
 from spectralgpt_jax.inference.band_names import canonical_band_name
-from spectralgpt_jax.inference.scene_sources import SceneError
+from spectralgpt_jax.inference.scene_sources import SceneError, one_line
 
 QUANTIFICATION = 10000.0         # DN per unit reflectance in the old encoding, and in every product so far
 FIRST_OFFSET_BASELINE = (4, 0)   # processing baseline 04.00 introduced the offsets
@@ -138,7 +138,7 @@ def from_product_metadata(xml_path: str) -> Radiometry:
   try:
     root = ElementTree.parse(xml_path).getroot()
   except (ElementTree.ParseError, OSError) as e:
-    raise SceneError(f"{xml_path}: not readable Sentinel-2 product metadata ({' '.join(str(e).split())})") from None
+    raise SceneError(f"{xml_path}: not readable Sentinel-2 product metadata ({one_line(e)})") from None
   by_tag: dict[str, list] = {}
   for element in root.iter():
     by_tag.setdefault(str(element.tag).rsplit("}", 1)[-1], []).append(element)

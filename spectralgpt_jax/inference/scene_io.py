@@ -45,17 +45,13 @@ from spectralgpt_jax.data import bands as bandlib
 from spectralgpt_jax.inference import radiometry as radiometry_lib
 from spectralgpt_jax.inference import scene_sources
 from spectralgpt_jax.inference.band_names import canonical_band_name  # noqa: F401  (part of this module's API)
-from spectralgpt_jax.inference.scene_sources import SceneError
+from spectralgpt_jax.inference.scene_sources import SceneError, one_line
 
 __all__ = ["SceneError", "Scene", "canonical_band_name", "open_scene", "require_bands"]
 
 FINE_BANDS = ("B02", "B03", "B04", "B08")  # the 10 m bands; the output grid of band-per-file forms is one of theirs
 KIND_LABELS = {"folder": "band folder", "safe": "Sentinel-2 .SAFE", "stac": "STAC item"}
 _ALPHA_VALID = 127.5  # warp alpha is 0 or 255 for bilinear; the midpoint keeps any partial value conservative
-
-
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +93,7 @@ class _Source:
       else:
         ok = self._mask(window)
     except rasterio.errors.RasterioError as e:
-      raise SceneError(f"{self.path}: read failed ({_one_line(e)})") from None
+      raise SceneError(f"{self.path}: read failed ({one_line(e)})") from None
     data[r0 - row : r1 - row, c0 - col : c1 - col] = np.moveaxis(block, 0, -1)
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
     return data, valid
@@ -266,7 +262,7 @@ def _open(path: str):
       warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
       ds = rasterio.open(path)
   except (rasterio.errors.RasterioError, OSError) as e:
-    raise SceneError(f"{path}: not a readable raster ({_one_line(e)})") from None
+    raise SceneError(f"{path}: not a readable raster ({one_line(e)})") from None
   if ds.crs is None or ds.transform == affine.Affine.identity():
     ds.close()
     raise SceneError(f"{path}: has no georeferencing (no CRS or no geotransform); cannot place it on a map grid")
@@ -294,7 +290,7 @@ def _warp(ds, grid: _Grid, src_nodata=None) -> tuple[WarpedVRT, int]:
     vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                     resampling=Resampling.bilinear, dtype="float32", add_alpha=not has_alpha, **kwargs)
   except (rasterio.errors.RasterioError, ValueError) as e:
-    raise SceneError(f"{ds.name}: cannot resample onto the output grid ({_one_line(e)})") from None
+    raise SceneError(f"{ds.name}: cannot resample onto the output grid ({one_line(e)})") from None
   return vrt, (vrt.colorinterp.index(ColorInterp.alpha) + 1 if has_alpha else vrt.count)
 
 
@@ -312,7 +308,7 @@ def _check_overlap(path: str, ds, grid: _Grid, grid_source: str) -> None:
   try:
     left, bottom, right, top = rasterio.warp.transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
   except (rasterio.errors.RasterioError, ValueError) as e:
-    raise SceneError(f"{path}: cannot map its footprint into the CRS of {grid_source} ({_one_line(e)})") from None
+    raise SceneError(f"{path}: cannot map its footprint into the CRS of {grid_source} ({one_line(e)})") from None
   if min(right, box[2]) <= max(left, box[0]) or min(top, box[3]) <= max(bottom, box[1]):
     raise SceneError(f"{path}: its footprint does not overlap {grid_source} at all")
 

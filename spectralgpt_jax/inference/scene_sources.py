@@ -21,6 +21,11 @@ class SceneError(ValueError):
   """Bad input: the message is ONE line naming the file and the problem."""
 
 
+def one_line(error: BaseException) -> str:
+  """A library error's message on one line, for the one-line SceneErrors that wrap it."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
 RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img")
 SAFE_METADATA = ("MTD_MSIL1C.xml", "MTD_MSIL2A.xml")
 L2A_RESOLUTIONS = ("R10m", "R20m", "R60m")
