@@ -10,7 +10,8 @@ LayerNorm-ed mean of the last block's tokens (float32, the encoder width long), 
 GeoParquet 1.1.0 (`geo` metadata: primary column, WKB, the scene's PROJJSON CRS, bbox); readable by geopandas.
 `--per_patch` writes the per-patch embeddings (LayerNorm-ed tokens averaged over the spectral groups) as a
 multi-band COG on the patch grid (one pixel per patch, encoder-width bands); it needs --overlap 0. Wholly nodata
-tiles are skipped.
+tiles are skipped, and with `--min_valid_fraction F` every tile whose valid fraction is below F (with
+`--cloud_mask`, cloud pixels are not valid: `--cloud_mask auto --min_valid_fraction 0.9` keeps clear tiles only).
 """
 from __future__ import annotations
 
@@ -63,7 +64,10 @@ def run(args) -> list[str]:
   from spectralgpt_jax.inference import checkpoint as ckpt_lib
   from spectralgpt_jax.inference import engine, scene_io, writers
   checkpoint = ckpt_lib.load(args.checkpoint)
-  scene = scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize)
+  if not 0.0 <= args.min_valid_fraction <= 1.0:
+    raise cli.UsageError(f"--min_valid_fraction {args.min_valid_fraction}: must be in [0, 1]")
+  scene = scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize,
+                              cloud_mask=cli.cloud_masks(args, 1)[0], cloud_classes=args.cloud_classes)
   try:
     scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     grid = cli.tile_grid(scene, checkpoint, args.overlap, dense=False)
@@ -74,7 +78,7 @@ def run(args) -> list[str]:
                              mesh_shape=cli.mesh_shape(args.mesh))
     dim, patch = checkpoint.cfg.embed_dim, checkpoint.cfg.patch_size
     tags = {"checkpoint": args.checkpoint, "software": "spectralgpt_jax",
-            "command": " ".join(shlex.quote(a) for a in sys.argv), "radiometry": scene.radiometry.describe()}
+            "command": " ".join(shlex.quote(a) for a in sys.argv), **cli.input_tags([scene])}
     meta = {**tags, "arch": checkpoint.metadata.get("arch"), "task": checkpoint.task, "tile_px": grid.tile,
             "stride_px": grid.stride, "bands": list(checkpoint.model_bands), "input": args.input,
             "normalization": checkpoint.normalization, "embedding": "LayerNorm(mean of last-block tokens)"}
@@ -83,7 +87,7 @@ def run(args) -> list[str]:
     patches = PatchSink(args.per_patch, grid, scene, patch, dim, tags) if args.per_patch else None
     with engine.gdal_cache([scene]), table, (patches.writer if patches else contextlib.nullcontext()):
       progress = engine.Progress(len(grid), enabled=not args.no_progress)
-      for r, batch in engine.tile_batches([scene], checkpoint, grid):
+      for r, batch in engine.tile_batches([scene], checkpoint, grid, min_valid=args.min_valid_fraction):
         outputs = forward(*batch.inputs) if batch.positions else None
         if batch.positions:
           _add_rows(table, r, batch, outputs[0], grid, scene)

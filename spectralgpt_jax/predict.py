@@ -13,7 +13,9 @@ folder of single-band files (`*_B02.tif`, ...), a Sentinel-2 `.SAFE` product or 
 checkpoint's image size overlap by `--overlap` (default 0.5 for dense tasks, 0 for classification) and are blended
 with a raised-cosine window; the scene is streamed strip by strip. `--harmonize auto` (default) removes the
 processing-baseline 04.00 offset (DN - 1000 since 2022) as the product's metadata declares it; `off` keeps the
-stored DN, a number adds that many DN. Bad input stops with one line, writing nothing.
+stored DN, a number adds that many DN. `--cloud_mask auto` (or a mask file) makes the pixels a cloud mask flags
+nodata (L2A SCL classes 3,8,9,10 by default; `--cloud_classes` chooses). Bad input stops with one line, writing
+nothing.
 """
 from __future__ import annotations
 
@@ -37,12 +39,19 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
   p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,model device mesh (one axis may be -1)")
   p.add_argument("--no_progress", action="store_true", help="log lines instead of a progress bar")
   p.add_argument("--harmonize", type=cli.harmonize_choice, default="auto", help=cli.HARMONIZE_HELP)
+  p.add_argument("--cloud_mask", default="off", help=cli.CLOUD_MASK_HELP)
+  p.add_argument("--cloud_classes", type=cli.cloud_classes_choice, default=None, help=cli.CLOUD_CLASSES_HELP)
   if embed:
     p.add_argument("--per_patch", default=None, help="also write the patch embeddings as a GeoTIFF on the patch grid")
+    p.add_argument("--min_valid_fraction", type=float, default=0.0,
+                   help="skip tiles with a smaller fraction of valid (not nodata, not cloud) pixels; default 0: "
+                        "only wholly invalid tiles are skipped")
   else:
     p.add_argument("--input2", default=None, help="change detection: the later date")
     p.add_argument("--bands2", default=None, help="band names of an unnamed --input2 file")
     p.add_argument("--harmonize2", type=cli.harmonize_choice, default="auto", help="--harmonize for --input2")
+    p.add_argument("--cloud_mask2", default=None, help="--cloud_mask for --input2 (default: --cloud_mask when that "
+                   "is auto or off)")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     p.add_argument("--mask_ratio", type=float, default=None, help="MAE: masking ratio (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="MAE: seed of the per-tile masks")
@@ -60,11 +69,14 @@ def run(args) -> list[str]:
   if task != "change_detection" and args.input2:
     raise cli.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
   mesh = cli.mesh_shape(args.mesh)
-  scenes = [scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize)]
+  masks = cli.cloud_masks(args, 2 if args.input2 else 1)
+  scenes = [scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize,
+                                cloud_mask=masks[0], cloud_classes=args.cloud_classes)]
   try:
     if args.input2:
       scenes.append(scene_io.open_scene(args.input2, bands=cli.band_list(args.bands2), grid=scenes[0],
-                                        harmonize=args.harmonize2))
+                                        harmonize=args.harmonize2, cloud_mask=masks[1],
+                                        cloud_classes=args.cloud_classes))
     for scene in scenes:
       scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
@@ -89,7 +101,7 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
   logging.info("%s; %d tiles of %d px (stride %d)", scenes[0].describe(), len(grid), grid.tile, grid.stride)
   with engine.gdal_cache(scenes), products.make_sink(grid, scenes[0], checkpoint, output,
                                                     probabilities=probabilities, command=command,
-                                                    radiometry=radiometry_tag(scenes)) as sink:
+                                                    input_tags=cli.input_tags(scenes)) as sink:
     bar = engine.Progress(len(grid), enabled=progress)
     for r, batch in engine.tile_batches(scenes, checkpoint, grid):
       outputs = None
@@ -104,12 +116,6 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
     written = sink.commit()
   logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid), time.time() - bar.start, bar.rate)
   return written + [writers.quicklook_png(written[0], rgb_bands=products.quicklook_bands(checkpoint))]
-
-
-def radiometry_tag(scenes) -> str:
-  """The `radiometry` tag of the outputs: how each input's DN were harmonised (input2 = the later date)."""
-  parts = [scene.radiometry.describe() for scene in scenes]
-  return parts[0] if len(parts) == 1 else "; ".join(f"input{i + 1 if i else ''}: {p}" for i, p in enumerate(parts))
 
 
 def main(argv: list[str] | None = None) -> int:

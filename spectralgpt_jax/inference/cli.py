@@ -37,6 +37,50 @@ HARMONIZE_HELP = ("how stored DN become the encoding SpectralGPT was trained on 
                   "scale/offset), off = as stored, or a number of DN to add to every band, e.g. -1000")
 
 
+CLOUD_MASK_HELP = ("pixels a cloud mask flags become nodata: off (default), auto = the input's own mask (.SAFE: "
+                   "L2A SCL, else QI_DATA/MSK_CLASSI_B00; band folder: its *_SCL* file; STAC: the scl asset; "
+                   "GeoTIFF: its band described SCL or QA60), or a mask raster file")
+CLOUD_CLASSES_HELP = ("values of the cloud mask that are cloud: SCL default 3,8,9,10 (cloud shadows, medium and high "
+                      "probability, cirrus); required for a mask file that is not SCL/MSK_CLASSI/QA60, e.g. 1 or "
+                      "40-100")
+
+
+def cloud_classes_choice(text: str):
+  """argparse type of --cloud_classes: '3,8,9,10' or '40-100' (one-line usage error otherwise)."""
+  import argparse
+
+  from spectralgpt_jax.inference import clouds
+  try:
+    return clouds.parse_classes(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cloud_masks(args, count: int) -> list[str]:
+  """The --cloud_mask of each of `count` inputs: --cloud_mask2 for the second, else --cloud_mask when it is auto or
+  off (a mask file belongs to one scene)."""
+  if args.cloud_classes is not None and args.cloud_mask == "off" and getattr(args, "cloud_mask2", None) in (
+      None, "off"):
+    raise UsageError("--cloud_classes says which mask values are cloud: it needs --cloud_mask (auto or a file)")
+  masks = [args.cloud_mask]
+  if count > 1:
+    second = getattr(args, "cloud_mask2", None)
+    if second is None and args.cloud_mask not in ("auto", "off"):
+      raise UsageError(f"--cloud_mask {args.cloud_mask} is the mask of --input; pass --cloud_mask2 for --input2 "
+                       f"(auto, off or its own mask file)")
+    masks.append(args.cloud_mask if second is None else second)
+  return masks
+
+
+def input_tags(scenes) -> dict[str, str]:
+  """The `radiometry` and `cloud_mask` tags of the outputs: how each input's DN were harmonised and which of its
+  pixels were masked as cloud (input2 = the later date of change detection)."""
+  def joined(parts):
+    return parts[0] if len(parts) == 1 else "; ".join(f"input{i + 1 if i else ''}: {p}" for i, p in enumerate(parts))
+  return {"radiometry": joined([scene.radiometry.describe() for scene in scenes]),
+          "cloud_mask": joined([scene.clouds.describe() if scene.clouds else "off" for scene in scenes])}
+
+
 def mesh_shape(text: str) -> tuple[int, int, int]:
   try:
     sizes = tuple(int(s) for s in text.split(","))

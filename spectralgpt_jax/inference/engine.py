@@ -91,15 +91,18 @@ def gdal_cache(scenes: Sequence):
   return rasterio.Env(GDAL_CACHEMAX=int(min(max(need, 64 << 20), 1 << 30)))   # rasterio passes bytes
 
 
-def tile_batches(scenes: Sequence, checkpoint, grid: TileGrid) -> Iterator[tuple[int, TileBatch]]:
-  """(tile row, TileBatch) for every tile row; rows without a valid tile give an empty batch."""
+def tile_batches(scenes: Sequence, checkpoint, grid: TileGrid, min_valid: float = 0.0
+                 ) -> Iterator[tuple[int, TileBatch]]:
+  """(tile row, TileBatch) for every tile row: the tiles with a valid pixel and at least `min_valid` of them valid;
+  rows without such a tile give an empty batch."""
   size = grid.tile
   padded_width = grid.cols[-1] + size
   for r, positions in grid.tile_rows():
     y = positions[0][0]
     strips = [scene.read(checkpoint.input_bands, Window(0, y, padded_width, size)) for scene in scenes]
     strip_valid = np.logical_and.reduce([valid for _, valid in strips])
-    keep = [(c, (ty, tx)) for c, (ty, tx) in enumerate(positions) if strip_valid[:, tx:tx + size].any()]
+    keep = [(c, (ty, tx)) for c, (ty, tx) in enumerate(positions)
+            if strip_valid[:, tx:tx + size].any() and strip_valid[:, tx:tx + size].mean() >= min_valid]
     columns = [c for c, _ in keep]
     kept = [p for _, p in keep]
     valid = np.stack([strip_valid[:, x:x + size] for _, x in kept]) if kept else np.zeros((0, size, size), bool)

@@ -64,10 +64,10 @@ def quicklook_bands(checkpoint) -> tuple[int, int, int] | None:
   return tuple(bands.index(b) + 1 for b in ("B04", "B03", "B02"))
 
 
-def _tags(checkpoint, command: str, radiometry: str) -> dict[str, str]:
+def _tags(checkpoint, command: str, input_tags: dict | None) -> dict[str, str]:
   return {"checkpoint": os.path.abspath(checkpoint.path), "task": checkpoint.task,
           "arch": str(checkpoint.metadata.get("arch")), "software": "spectralgpt_jax", "command": command,
-          "radiometry": radiometry}
+          **(input_tags or {})}
 
 
 def probability_path(path: str) -> str:
@@ -79,13 +79,13 @@ class DenseSink:
   """Blends tile outputs row strip by row strip and writes class map [+ probabilities] or reconstruction."""
 
   def __init__(self, grid: TileGrid, scene, checkpoint, output: str, *, probabilities: bool, command: str,
-               radiometry: str = ""):
+               input_tags: dict | None = None):
     self.grid, self.checkpoint = grid, checkpoint
     self.reconstruction = checkpoint.task == "pretrain"
     channels = len(checkpoint.model_bands) if self.reconstruction else checkpoint.cfg.num_classes
     self.blender = StripBlender(grid, channels)
     geo = dict(crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height)
-    tags = _tags(checkpoint, command, radiometry)
+    tags = _tags(checkpoint, command, input_tags)
     self.outputs: list[tuple[writers.RasterWriter, str]] = []
     if self.reconstruction:
       self.outputs.append((writers.RasterWriter(output, count=channels, dtype="float32", nodata=float("nan"),
@@ -141,12 +141,12 @@ class TileSink:
   """Classification: one output pixel per tile, centred in it (the tile stride is the pixel size)."""
 
   def __init__(self, grid: TileGrid, scene, checkpoint, output: str, *, probabilities: bool, command: str,
-               radiometry: str = ""):
+               input_tags: dict | None = None):
     self.grid, self.checkpoint = grid, checkpoint
     offset = (grid.tile - grid.stride) / 2
     transform = scene.transform @ Affine.translation(offset, offset) @ Affine.scale(grid.stride)
     geo = dict(crs=scene.crs, transform=transform, width=len(grid.cols), height=len(grid.rows))
-    names, tags = checkpoint.class_names, _tags(checkpoint, command, radiometry)
+    names, tags = checkpoint.class_names, _tags(checkpoint, command, input_tags)
     self.writers = [writers.RasterWriter(
         output, count=1, dtype="uint8", nodata=CLASS_NODATA, band_descriptions=["class"],
         colormap=writers.class_colormap(len(names), names), tags=tags,

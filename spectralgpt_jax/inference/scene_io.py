@@ -11,8 +11,8 @@ Validity. Multi-band rasters follow GDAL's dataset mask (nodata: a pixel is inva
 internal masks; alpha). Band-per-file Sentinel-2 forms treat 0 (the products' NODATA value) or the file's own
 nodata as nodata *per band*: the warp leaves those pixels out of the interpolation (no dark fringes where a 20 m
 band meets the swath edge) and a pixel is valid only when every requested band is; in particular zeros in all bands
-are invalid. Everywhere: non-finite values and pixels outside a band's footprint are invalid, and the returned
-data is 0 wherever `valid` is False.
+are invalid. Everywhere: non-finite values, pixels outside a band's footprint and, with `cloud_mask=` (see
+`clouds`), pixels the cloud mask flags are invalid, and the returned data is 0 wherever `valid` is False.
 
 Radiometry. Valid pixels are returned as harmonised DN (reflectance x 10000, the encoding before processing
 baseline 04.00, which SpectralGPT's data used): `open_scene(harmonize="auto")` reads the product's offsets from its
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from typing import Sequence
 
 import affine
@@ -34,83 +33,21 @@ import numpy as np
 import rasterio
 import rasterio.coords
 import rasterio.crs
-import rasterio.errors
 import rasterio.transform
-import rasterio.warp
 import rasterio.windows
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.vrt import WarpedVRT
 
 from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.inference import clouds as clouds_lib
+from spectralgpt_jax.inference import gridded
 from spectralgpt_jax.inference import radiometry as radiometry_lib
 from spectralgpt_jax.inference import scene_sources
 from spectralgpt_jax.inference.band_names import canonical_band_name  # noqa: F401  (part of this module's API)
-from spectralgpt_jax.inference.scene_sources import SceneError, one_line
+from spectralgpt_jax.inference.scene_sources import SceneError
 
 __all__ = ["SceneError", "Scene", "canonical_band_name", "open_scene", "require_bands"]
 
 FINE_BANDS = ("B02", "B03", "B04", "B08")  # the 10 m bands; the output grid of band-per-file forms is one of theirs
 KIND_LABELS = {"folder": "band folder", "safe": "Sentinel-2 .SAFE", "stac": "STAC item"}
-_ALPHA_VALID = 127.5  # warp alpha is 0 or 255 for bilinear; the midpoint keeps any partial value conservative
-
-
-@dataclasses.dataclass(frozen=True)
-class _Grid:
-  crs: rasterio.crs.CRS
-  transform: affine.Affine
-  width: int
-  height: int
-
-
-class _Source:
-  """One opened dataset and the output-grid pixel where its pixel (0, 0) lies: a file already on the output grid's
-  lattice (any integer offset) or a WarpedVRT onto the output grid (offset 0)."""
-
-  def __init__(self, path, dataset, indexes, offset=(0, 0), alpha=None, band_nodata=None, owned=()):
-    self.path, self.dataset, self.indexes, self.offset = path, dataset, dict(indexes), offset
-    self.alpha = alpha  # band index of the warp's validity alpha, else None
-    self.band_nodata = band_nodata  # band files: per-band nodata value; None: the dataset mask (multi-band rasters)
-    self.owned = list(owned)  # datasets under a WarpedVRT, closed with it
-
-  def read(self, names, col, row, width, height):
-    """(float32 [h, w, len(names)], valid [h, w]) for an output-grid window; outside the dataset: 0 and invalid."""
-    data = np.zeros((height, width, len(names)), np.float32)
-    valid = np.zeros((height, width), bool)
-    ds, (ox, oy) = self.dataset, self.offset
-    c0, r0 = max(col, ox), max(row, oy)
-    c1, r1 = min(col + width, ox + ds.width), min(row + height, oy + ds.height)
-    if c1 <= c0 or r1 <= r0:
-      return data, valid
-    window = rasterio.windows.Window(c0 - ox, r0 - oy, c1 - c0, r1 - r0)
-    indexes = [self.indexes[n] for n in names] + ([self.alpha] if self.alpha else [])
-    try:
-      block = ds.read(indexes, window=window, out_dtype=np.float32)
-      if self.alpha:
-        ok = block[-1] >= _ALPHA_VALID
-        block = block[:-1]
-      elif self.band_nodata is not None:
-        ok = _not_nodata(block, self.band_nodata).all(axis=0) & self._mask(window)
-      else:
-        ok = self._mask(window)
-    except rasterio.errors.RasterioError as e:
-      raise SceneError(f"{self.path}: read failed ({one_line(e)})") from None
-    data[r0 - row : r1 - row, c0 - col : c1 - col] = np.moveaxis(block, 0, -1)
-    valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
-    return data, valid
-
-  def _mask(self, window) -> np.ndarray:
-    ds = self.dataset
-    if all(MaskFlags.all_valid in flags for flags in ds.mask_flag_enums):
-      return np.ones((window.height, window.width), bool)
-    return ds.dataset_mask(window=window) > 0
-
-  def close(self) -> None:
-    for ds in [self.dataset, *self.owned]:
-      ds.close()
-
-
-def _not_nodata(block: np.ndarray, nodata: float) -> np.ndarray:
-  return ~np.isnan(block) if math.isnan(nodata) else block != np.float32(nodata)
 
 
 @dataclasses.dataclass(eq=False)
@@ -126,7 +63,8 @@ class Scene:
   kind: str = "raster"  # raster / folder / safe / stac
   resampled_onto: str | None = None  # the grid= scene's source, when this scene was resampled onto it
   radiometry: radiometry_lib.Radiometry = dataclasses.field(default_factory=radiometry_lib.Radiometry)
-  _sources: dict = dataclasses.field(default_factory=dict, repr=False)  # band -> _Source
+  clouds: clouds_lib.CloudMask | None = None  # pixels it flags are invalid
+  _sources: dict = dataclasses.field(default_factory=dict, repr=False)  # band -> gridded.GridSource
   _zero_is_nodata: bool = dataclasses.field(default=False, repr=False)
   _driver: str = dataclasses.field(default="", repr=False)
 
@@ -148,7 +86,7 @@ class Scene:
       return data, valid
     inner = data[r0 - row : r1 - row, c0 - col : c1 - col]
     ok = np.ones(inner.shape[:2], bool)
-    groups: dict[int, tuple[_Source, list[int]]] = {}
+    groups: dict[int, tuple[gridded.GridSource, list[int]]] = {}
     for i, name in enumerate(names):  # one read per dataset: a multi-band file reads all its bands at once
       groups.setdefault(id(self._sources[name]), (self._sources[name], []))[1].append(i)
     for source, positions in groups.values():
@@ -156,6 +94,8 @@ class Scene:
       inner[..., positions] = block
       ok &= block_ok
     ok &= np.isfinite(inner).all(axis=-1)
+    if self.clouds is not None:
+      ok &= ~self.clouds.cloudy(c0, r0, c1 - c0, r1 - r0)
     if self._zero_is_nodata:
       ok &= (inner != 0).any(axis=-1)
     inner[...] = self.radiometry.apply(inner, names)   # after validity: stored DN 0 stays nodata
@@ -187,7 +127,8 @@ class Scene:
     unit = "m" if self.crs.is_projected else "deg"
     onto = f", resampled onto the grid of {self.resampled_onto}" if self.resampled_onto else ""
     return (f"{kind} {self.source}: {self.width}x{self.height} px at {self.resolution:g} {unit}, "
-            f"{self.crs.to_string()}, bands {','.join(self.bands)}{onto}; {self.radiometry.describe()}")
+            f"{self.crs.to_string()}, bands {','.join(self.bands)}{onto}; {self.radiometry.describe()}; "
+            f"{self.clouds.describe() if self.clouds else 'no cloud mask'}")
 
   def gdal_scaling(self) -> dict[str, tuple[float, float]]:
     """{band: (scale, offset)} from the GDAL metadata of the files behind the scene (1, 0 when unset)."""
@@ -201,6 +142,9 @@ class Scene:
     for source in {id(s): s for s in self._sources.values()}.values():
       source.close()
     self._sources = {}
+    if self.clouds is not None:
+      self.clouds.close()
+      self.clouds = None
 
   def __enter__(self) -> Scene:
     return self
@@ -226,14 +170,18 @@ def require_bands(scene: Scene, needed: Sequence[str], what: str) -> None:
 
 
 def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | None = None,
-               harmonize: str | float = "auto") -> Scene:
+               harmonize: str | float = "auto", cloud_mask: str = "off",
+               cloud_classes: clouds_lib.Intervals | None = None) -> Scene:
   """Open a scene. `bands` names a multi-band raster's bands in file order (only needed when its descriptions do
   not); `grid` resamples every band onto another scene's grid instead of this scene's own 10 m grid; `harmonize`
-  ("auto", "off" or a DN offset) says how stored DN become harmonised DN (see `radiometry`)."""
+  ("auto", "off" or a DN offset) says how stored DN become harmonised DN (see `radiometry`); `cloud_mask` ("off",
+  "auto" or a mask file) and `cloud_classes` say which pixels are cloud and so invalid (see `clouds`)."""
   scene = _open_scene(path, bands, grid)
   try:
     scene.radiometry = radiometry_lib.for_scene(harmonize, scene.kind, scene.source, scene.bands,
                                                 scene.gdal_scaling())
+    on = gridded.Grid(scene.crs, scene.transform, scene.width, scene.height)
+    scene.clouds = clouds_lib.open_mask(cloud_mask, cloud_classes, scene.kind, scene.source, on)
   except BaseException:
     scene.close()
     raise
@@ -244,7 +192,7 @@ def _open_scene(path: str, bands, grid) -> Scene:
   path = os.fspath(path)
   if not path.startswith("/vsi") and not os.path.exists(path):
     raise SceneError(f"{path}: no such file or directory")
-  target = None if grid is None else _Grid(grid.crs, grid.transform, grid.width, grid.height)
+  target = None if grid is None else gridded.Grid(grid.crs, grid.transform, grid.width, grid.height)
   kind = scene_sources.input_kind(path)
   if kind == "raster":
     return _open_raster(path, bands, target, grid)
@@ -255,72 +203,14 @@ def _open_scene(path: str, bands, grid) -> Scene:
   return _open_band_files(path, kind, finders[kind](path), target, grid)
 
 
-def _open(path: str):
-  """A georeferenced rasterio dataset, or a one-line SceneError naming the file."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-      ds = rasterio.open(path)
-  except (rasterio.errors.RasterioError, OSError) as e:
-    raise SceneError(f"{path}: not a readable raster ({one_line(e)})") from None
-  if ds.crs is None or ds.transform == affine.Affine.identity():
-    ds.close()
-    raise SceneError(f"{path}: has no georeferencing (no CRS or no geotransform); cannot place it on a map grid")
-  return ds
-
-
-def _offset_on(ds, grid: _Grid) -> tuple[int, int] | None:
-  """Integer output-grid position of `ds`'s pixel (0, 0) when ds lies on the grid's pixel lattice, else None."""
-  t, g = ds.transform, grid.transform
-  tol = 1e-9 * max(abs(g.a), abs(g.e), 1e-12)
-  if any(abs(x - y) > tol for x, y in zip((t.a, t.b, t.d, t.e), (g.a, g.b, g.d, g.e))) or ds.crs != grid.crs:
-    return None
-  col, row = ~g @ (t.c, t.f)
-  if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-    return None
-  return int(round(col)), int(round(row))
-
-
-def _warp(ds, grid: _Grid, src_nodata=None) -> tuple[WarpedVRT, int]:
-  """A float32 bilinear WarpedVRT of `ds` onto `grid` and the index of its alpha band (the warp's validity: the
-  source footprint, nodata and mask). A source alpha band is carried over; otherwise one is added."""
-  kwargs = {} if src_nodata is None else {"src_nodata": src_nodata}
-  has_alpha = ColorInterp.alpha in ds.colorinterp
-  try:
-    vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=Resampling.bilinear, dtype="float32", add_alpha=not has_alpha, **kwargs)
-  except (rasterio.errors.RasterioError, ValueError) as e:
-    raise SceneError(f"{ds.name}: cannot resample onto the output grid ({one_line(e)})") from None
-  return vrt, (vrt.colorinterp.index(ColorInterp.alpha) + 1 if has_alpha else vrt.count)
-
-
-def _source_on(path, ds, indexes, grid: _Grid, band_nodata=None) -> _Source:
-  """`ds` as seen on `grid`: a direct read when it is on the grid's lattice (exact), else a bilinear WarpedVRT."""
-  offset = _offset_on(ds, grid)
-  if offset is not None:
-    return _Source(path, ds, indexes, offset=offset, band_nodata=band_nodata)
-  vrt, alpha = _warp(ds, grid, src_nodata=band_nodata if band_nodata is not None else ds.nodata)
-  return _Source(path, vrt, indexes, alpha=alpha, owned=[ds])
-
-
-def _check_overlap(path: str, ds, grid: _Grid, grid_source: str) -> None:
-  box = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
-  try:
-    left, bottom, right, top = rasterio.warp.transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
-  except (rasterio.errors.RasterioError, ValueError) as e:
-    raise SceneError(f"{path}: cannot map its footprint into the CRS of {grid_source} ({one_line(e)})") from None
-  if min(right, box[2]) <= max(left, box[0]) or min(top, box[3]) <= max(bottom, box[1]):
-    raise SceneError(f"{path}: its footprint does not overlap {grid_source} at all")
-
-
-def _open_raster(path: str, bands, target: _Grid | None, grid: Scene | None) -> Scene:
-  ds = _open(path)
+def _open_raster(path: str, bands, target: gridded.Grid | None, grid: Scene | None) -> Scene:
+  ds = gridded.open_dataset(path)
   try:
     indexes = scene_sources.raster_band_indexes(path, ds, bands)
-    own = _Grid(ds.crs, ds.transform, ds.width, ds.height)
+    own = gridded.Grid(ds.crs, ds.transform, ds.width, ds.height)
     if target is not None:
-      _check_overlap(path, ds, target, grid.source)
-    source = _source_on(path, ds, indexes, target or own)
+      gridded.check_overlap(path, ds, target, grid.source)
+    source = gridded.source_on(path, ds, indexes, target or own)
   except BaseException:
     ds.close()
     raise
@@ -330,12 +220,12 @@ def _open_raster(path: str, bands, target: _Grid | None, grid: Scene | None) -> 
                resampled_onto=grid.source if grid else None, _sources={b: source for b in names}, _driver=ds.driver)
 
 
-def _open_band_files(path: str, kind: str, files: dict[str, str], target: _Grid | None, grid) -> Scene:
+def _open_band_files(path: str, kind: str, files: dict[str, str], target: gridded.Grid | None, grid) -> Scene:
   opened: dict[str, object] = {}
-  sources: dict[str, _Source] = {}
+  sources: dict[str, gridded.GridSource] = {}
   try:
     for band in sorted(files, key=bandlib.ALL_13.index):
-      opened[band] = _open(files[band])
+      opened[band] = gridded.open_dataset(files[band])
       if opened[band].count != 1:
         raise SceneError(f"{files[band]}: a band file must hold one band, this one has {opened[band].count}")
     _check_one_crs(path, files, opened)
@@ -346,11 +236,11 @@ def _open_band_files(path: str, kind: str, files: dict[str, str], target: _Grid 
     ref_band = min(fine, key=lambda b: abs(opened[b].res[0]))  # canonical order breaks ties
     ref = opened[ref_band]
     if target is not None:
-      _check_overlap(files[ref_band], ref, target, grid.source)
-    out = target or _Grid(ref.crs, ref.transform, ref.width, ref.height)
+      gridded.check_overlap(files[ref_band], ref, target, grid.source)
+    out = target or gridded.Grid(ref.crs, ref.transform, ref.width, ref.height)
     for band, ds in opened.items():
       nodata = 0.0 if ds.nodata is None else float(ds.nodata)  # 0 is the Sentinel-2 products' NODATA value
-      sources[band] = _source_on(files[band], ds, {band: 1}, out, band_nodata=nodata)
+      sources[band] = gridded.source_on(files[band], ds, {band: 1}, out, band_nodata=nodata)
   except BaseException:
     for band, ds in opened.items():
       (sources[band] if band in sources else ds).close()

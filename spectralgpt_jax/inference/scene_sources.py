@@ -123,14 +123,8 @@ def stac_assets(item_path: str) -> tuple[dict, dict[str, dict]]:
   """(item, {band: asset}) of a local STAC item JSON. An asset is a band by its key ("B02", "blue") or, failing
   that, by its single eo:bands entry (`name`, then `common_name`); key matches win, so Earth Search's "blue-jp2"
   duplicate of "blue" is ignored. Multi-band assets (the "visual" TCI) are skipped."""
-  try:
-    with open(item_path, encoding="utf-8") as f:
-      item = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise SceneError(f"{item_path}: not a readable STAC item JSON ({type(e).__name__}: {e})") from None
-  assets = item.get("assets") if isinstance(item, dict) else None
-  if not isinstance(assets, dict):
-    raise SceneError(f"{item_path}: not a STAC item (no 'assets' object)")
+  item = read_stac_item(item_path)
+  assets = item["assets"]
   by_key: dict[str, str] = {}
   by_eo: dict[str, str] = {}
   for key, asset in assets.items():
@@ -148,6 +142,18 @@ def stac_assets(item_path: str) -> tuple[dict, dict[str, dict]]:
   if not chosen:
     raise SceneError(f"{item_path}: no asset is a Sentinel-2 band (by key or eo:bands name / common_name)")
   return item, {band: assets[key] for band, key in chosen.items()}
+
+
+def read_stac_item(item_path: str) -> dict:
+  """A local STAC item JSON, checked to be an object with an 'assets' object."""
+  try:
+    with open(item_path, encoding="utf-8") as f:
+      item = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise SceneError(f"{item_path}: not a readable STAC item JSON ({type(e).__name__}: {e})") from None
+  if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
+    raise SceneError(f"{item_path}: not a STAC item (no 'assets' object)")
+  return item
 
 
 def _eo_band(asset: dict) -> str | None:
