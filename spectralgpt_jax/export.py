@@ -2,7 +2,8 @@
 
 Written by the `.pth` converter and by the training system's final export; read by fine-tuning and inference.
 `metadata.json` carries the architecture (full model config), the band names in input order, the image size and the
-normalisation the weights expect, so a user never has to guess them.
+normalisation the weights expect, so a user never has to guess them; `MODEL_CARD.md` says the same for people
+(`model_card`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from spectralgpt_jax import models
+from spectralgpt_jax import model_card, models
 from spectralgpt_jax.data import bands as band_registry
 
 FORMAT = "spectralgpt_jax.export/1"
@@ -41,8 +42,8 @@ def make_metadata(arch: str, cfg: models.ModelConfig, *, normalization: dict[str
 
 def save_params(directory: str | Path, params: dict, metadata: dict[str, Any]) -> Path:
   """Writes `directory/params` (orbax; `params` is `nnx.to_pure_dict` of the model's `nnx.Param` state, with host
-  or sharded global arrays — every process calls this in multi-host runs) and `directory/metadata.json` (process 0).
-  Overwrites an existing export."""
+  or sharded global arrays — every process calls this in multi-host runs), `directory/metadata.json` and its
+  rendering for people, `directory/MODEL_CARD.md` (process 0). Overwrites an existing export."""
   directory = Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
   metadata = {**metadata, "param_count": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))}
@@ -51,6 +52,7 @@ def save_params(directory: str | Path, params: dict, metadata: dict[str, Any]) -
     checkpointer.wait_until_finished()
   if jax.process_index() == 0:
     (directory / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    model_card.write(directory, metadata)
   return directory
 
 

@@ -43,6 +43,13 @@ FINETUNE_KEYS = families.with_aliases({
     "segmunich": ("image", "mask"),
     "oscd": ("image1", "image2", "change"),
 })
+
+
+def is_multilabel(name: str) -> bool:
+  """Whether dataset `name`'s fine-tuning labels are multi-label (a multi-hot `labels` vector: BigEarthNet)."""
+  return FINETUNE_KEYS.get(name, ("", ""))[-1] == "labels"
+
+
 DENSE_DATASETS = ("segmunich", "oscd")   # served as windows of whole scenes (tiles / cities)
 WINDOW_KEYS = ("scene", "y", "x", "window")
 

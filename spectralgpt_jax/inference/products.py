@@ -29,7 +29,7 @@ CLASS_NODATA = 255
 def is_multilabel(checkpoint) -> bool:
   from spectralgpt_jax.data import pipeline
   name = (checkpoint.metadata.get("data") or {}).get("name", "")
-  return pipeline.FINETUNE_KEYS.get(name, ("", ""))[-1] == "labels"
+  return pipeline.is_multilabel(name)
 
 
 def apply_fn(checkpoint, mask_ratio: float | None = None):

@@ -72,6 +72,26 @@ def test_task_trains_evaluates_and_exports(runs, kind):
   assert meta["task"] == summary["task"] and meta["normalization"]["name"]
   model, _ = export.load(workdir / "export")
   assert models.count_params(model) == meta["param_count"]
+  # the export records the final evaluation and the recipe, and its model card shows them
+  assert meta["evaluation"]["split"] == result["split"] and meta["evaluation"]["step"] == 6
+  for key in METRIC_KEYS[kind] - {"iou"}:
+    assert meta["evaluation"]["metrics"][key] == result[key], key
+  assert meta["training"]["steps"] == 6 and meta["training"]["optimizer"].startswith("AdamW, peak lr")
+  card = (workdir / "export" / "MODEL_CARD.md").read_text()
+  for key in METRIC_KEYS[kind] - {"iou"}:
+    assert f"| {key} | {result[key]:.4g} |" in card, key
+  assert f"| bands, in input order | {', '.join(meta['bands'])} |" in card and ", ".join(names) in card
+
+
+def test_rerun_of_a_finished_run_re_exports_with_its_evaluation(runs):
+  workdir, _ = runs["classification"]
+  card = workdir / "export" / "MODEL_CARD.md"
+  card.write_text("stale")
+  before = json.loads((workdir / "export" / "metadata.json").read_text())
+  summary = loop.run(tl.tiny("classification"), str(workdir))
+  after = json.loads((workdir / "export" / "metadata.json").read_text())
+  assert summary["final_step"] == 6 and after["evaluation"] == before["evaluation"] and after["evaluation"]
+  assert "| top1 |" in card.read_text()
 
 
 def test_dense_evaluation_counts_every_scene_pixel_once(runs):
