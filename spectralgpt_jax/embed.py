@@ -2,16 +2,20 @@ r"""Scene embeddings from any checkpoint's encoder: one GeoParquet row per tile,
 
   python -m spectralgpt_jax.embed --checkpoint runs/demo/export --input SCENE.tif --output emb.parquet
   python -m spectralgpt_jax.embed --checkpoint CKPT --input S2.SAFE --output emb.parquet --per_patch patches.tif
+  python -m spectralgpt_jax.embed --checkpoint CKPT --input MAY.SAFE --input JUNE.SAFE --output series.parquet
 
 Tiles of the checkpoint's image size (no overlap by default) are prepared as in training and run through the
 encoder on all tokens; each tile's row holds `tile_id`, `row`, `col` (tile indices), `x_px`, `y_px` (its top-left
-pixel), `valid_fraction`, its footprint polygon in the scene CRS (`geometry`, WKB) and `embedding`: the
-LayerNorm-ed mean of the last block's tokens (float32, the encoder width long), the pooling of the classifier.
+pixel), `valid_fraction`, `input_index` and `datetime` (which --input, acquired when), its footprint polygon in the
+scene CRS (`geometry`, WKB) and `embedding`: the LayerNorm-ed mean of the last block's tokens (float32, the
+encoder width long), the pooling of the classifier.
 GeoParquet 1.1.0 (`geo` metadata: primary column, WKB, the scene's PROJJSON CRS, bbox); readable by geopandas.
 `--per_patch` writes the per-patch embeddings (LayerNorm-ed tokens averaged over the spectral groups) as a
 multi-band COG on the patch grid (one pixel per patch, encoder-width bands); it needs --overlap 0. Wholly nodata
 tiles are skipped, and with `--min_valid_fraction F` every tile whose valid fraction is below F (with
 `--cloud_mask`, cloud pixels are not valid: `--cloud_mask auto --min_valid_fraction 0.9` keeps clear tiles only).
+Several `--input`s make a time series: all on the first one's grid and tile grid (so `tile_id` is the same place in
+every input), rows input after input, times from the inputs (STAC, .SAFE, file names) or `--datetime`.
 """
 from __future__ import annotations
 
@@ -62,64 +66,114 @@ class PatchSink:
 
 def run(args) -> list[str]:
   from spectralgpt_jax.inference import checkpoint as ckpt_lib
-  from spectralgpt_jax.inference import engine, scene_io, writers
+  from spectralgpt_jax.inference import engine, writers
   checkpoint = ckpt_lib.load(args.checkpoint)
-  if not 0.0 <= args.min_valid_fraction <= 1.0:
-    raise cli.UsageError(f"--min_valid_fraction {args.min_valid_fraction}: must be in [0, 1]")
-  scene = scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize,
-                              cloud_mask=cli.cloud_masks(args, 1)[0], cloud_classes=args.cloud_classes)
+  times = _check_args(args)
+  scenes = _open_inputs(args, checkpoint)
   try:
-    scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
-    grid = cli.tile_grid(scene, checkpoint, args.overlap, dense=False)
+    first = scenes[0]
+    grid = cli.tile_grid(first, checkpoint, args.overlap, dense=False)
     if args.per_patch and grid.stride != grid.tile:
       raise cli.UsageError(f"--per_patch {args.per_patch}: patch embeddings need non-overlapping tiles "
                            f"(--overlap 0, not {grid.overlap})")
+    times = times or [scene.acquired for scene in scenes]
     forward = engine.Forward(checkpoint.model, embed_fn, batch_size=args.batch_size,
                              mesh_shape=cli.mesh_shape(args.mesh))
     dim, patch = checkpoint.cfg.embed_dim, checkpoint.cfg.patch_size
     tags = {"checkpoint": args.checkpoint, "software": "spectralgpt_jax",
-            "command": " ".join(shlex.quote(a) for a in sys.argv), **cli.input_tags([scene])}
+            "command": " ".join(shlex.quote(a) for a in sys.argv), **cli.input_tags(scenes)}
     meta = {**tags, "arch": checkpoint.metadata.get("arch"), "task": checkpoint.task, "tile_px": grid.tile,
-            "stride_px": grid.stride, "bands": list(checkpoint.model_bands), "input": args.input,
+            "stride_px": grid.stride, "bands": list(checkpoint.model_bands), "input": args.input[0],
+            "inputs": [_input_record(scene, when) for scene, when in zip(scenes, times)],
             "normalization": checkpoint.normalization, "embedding": "LayerNorm(mean of last-block tokens)"}
-    table = writers.GeoParquetWriter(args.output, crs=scene.crs, embedding_dim=dim, metadata=meta,
+    table = writers.GeoParquetWriter(args.output, crs=first.crs, embedding_dim=dim, metadata=meta,
                                      extra_columns=_extra_columns())
-    patches = PatchSink(args.per_patch, grid, scene, patch, dim, tags) if args.per_patch else None
-    with engine.gdal_cache([scene]), table, (patches.writer if patches else contextlib.nullcontext()):
-      progress = engine.Progress(len(grid), enabled=not args.no_progress)
-      for r, batch in engine.tile_batches([scene], checkpoint, grid, min_valid=args.min_valid_fraction):
-        outputs = forward(*batch.inputs) if batch.positions else None
-        if batch.positions:
-          _add_rows(table, r, batch, outputs[0], grid, scene)
-        if patches:
-          patches.add(r, batch, None if outputs is None else outputs[1])
-        progress.update(len(grid.cols))
+    patches = PatchSink(args.per_patch, grid, first, patch, dim, tags) if args.per_patch else None
+    with table, (patches.writer if patches else contextlib.nullcontext()):
+      progress = engine.Progress(len(grid) * len(scenes), enabled=not args.no_progress)
+      for index, scene in enumerate(scenes):
+        with engine.gdal_cache([scene]):
+          for r, batch in engine.tile_batches([scene], checkpoint, grid, min_valid=args.min_valid_fraction):
+            outputs = forward(*batch.inputs) if batch.positions else None
+            if batch.positions:
+              _add_rows(table, r, batch, outputs[0], grid, first.transform, index, times[index])
+            if patches:
+              patches.add(r, batch, None if outputs is None else outputs[1])
+            progress.update(len(grid.cols))
       progress.close()
       written = [table.commit()] + ([patches.writer.commit()] if patches else [])
-    logging.info("%d tiles, %.1f tiles/s", len(grid), progress.rate)
+    logging.info("%d tiles x %d inputs, %.1f tiles/s", len(grid), len(scenes), progress.rate)
   finally:
-    scene.close()
+    for scene in scenes:
+      scene.close()
   return written
+
+
+def _check_args(args) -> list | None:
+  """Flag combinations checked before any work; the --datetime overrides (UTC), if given."""
+  from spectralgpt_jax.inference import acquisition
+  if not 0.0 <= args.min_valid_fraction <= 1.0:
+    raise cli.UsageError(f"--min_valid_fraction {args.min_valid_fraction}: must be in [0, 1]")
+  if args.per_patch and len(args.input) > 1:
+    raise cli.UsageError(f"--per_patch writes one scene's patch grid; it takes one --input, not {len(args.input)}")
+  if not args.datetime:
+    return None
+  if len(args.datetime) != len(args.input):
+    raise cli.UsageError(f"--datetime is given {len(args.datetime)} times for {len(args.input)} --input scenes; "
+                         f"give one per input, in the same order")
+  try:
+    return [acquisition.parse(text) for text in args.datetime]
+  except ValueError as e:
+    raise cli.UsageError(f"--datetime: {e}") from None
+
+
+def _open_inputs(args, checkpoint) -> list:
+  """Every --input, the later ones resampled onto the first one's grid, each with the checkpoint's bands."""
+  from spectralgpt_jax.inference import scene_io
+  masks = cli.cloud_masks(args, len(args.input))
+  scenes = []
+  try:
+    for path, mask in zip(args.input, masks):
+      scenes.append(scene_io.open_scene(path, bands=cli.band_list(args.bands), harmonize=args.harmonize,
+                                        grid=scenes[0] if scenes else None, cloud_mask=mask,
+                                        cloud_classes=args.cloud_classes))
+      scene_io.require_bands(scenes[-1], checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
+  except BaseException:
+    for scene in scenes:
+      scene.close()
+    raise
+  return scenes
+
+
+def _input_record(scene, when) -> dict:
+  from spectralgpt_jax.inference import acquisition
+  return {"path": scene.source, "datetime": None if when is None else acquisition.iso(when),
+          "acquired_from": scene.acquired_from if when is scene.acquired else "--datetime",
+          "radiometry": scene.radiometry.describe(),
+          "cloud_mask": scene.clouds.describe() if scene.clouds else "off"}
 
 
 def _extra_columns():
   import pyarrow as pa
-  return {"x_px": pa.int32(), "y_px": pa.int32(), "valid_fraction": pa.float32()}
+  return {"x_px": pa.int32(), "y_px": pa.int32(), "valid_fraction": pa.float32(), "input_index": pa.int16(),
+          "datetime": pa.timestamp("us", tz="UTC")}
 
 
-def _add_rows(table, r: int, batch, pooled: np.ndarray, grid, scene) -> None:
-  size, t = grid.tile, scene.transform
+def _add_rows(table, r: int, batch, pooled: np.ndarray, grid, transform, index: int, when) -> None:
+  size, t = grid.tile, transform
   footprints = []
   for y, x in batch.positions:
     x0, y0 = t @ (x, y)
     x1, y1 = t @ (x + size, y + size)
     footprints.append(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
   cols = np.asarray(batch.columns, np.int32)
-  table.add(tile_id=(r * len(grid.cols) + cols).astype(np.int64), row=np.full(len(cols), r, np.int32), col=cols,
+  n = len(cols)
+  table.add(tile_id=(r * len(grid.cols) + cols).astype(np.int64), row=np.full(n, r, np.int32), col=cols,
             geometry=footprints, embedding=pooled.astype(np.float32),
             x_px=np.asarray([x for _, x in batch.positions], np.int32),
             y_px=np.asarray([y for y, _ in batch.positions], np.int32),
-            valid_fraction=batch.valid.mean(axis=(1, 2)).astype(np.float32))
+            valid_fraction=batch.valid.mean(axis=(1, 2)).astype(np.float32),
+            input_index=np.full(n, index, np.int16), datetime=[when] * n)
 
 
 def main(argv: list[str] | None = None) -> int:

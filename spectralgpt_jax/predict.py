@@ -31,7 +31,12 @@ from spectralgpt_jax.inference import cli
 def parse_args(argv, *, description=__doc__, embed: bool = False):
   p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="export directory or run directory")
-  p.add_argument("--input", required=True, help="GeoTIFF/COG, folder of band files, .SAFE product or STAC item")
+  scene_help = "GeoTIFF/COG, folder of band files, .SAFE product or STAC item"
+  if embed:
+    p.add_argument("--input", required=True, action="append", help=scene_help + "; repeat it for a time series "
+                   "(later inputs are resampled onto the first one's grid; rows carry input_index and datetime)")
+  else:
+    p.add_argument("--input", required=True, help=scene_help)
   p.add_argument("--output", required=True, help="output .parquet" if embed else "output COG (.tif)")
   p.add_argument("--bands", default=None, help="band names of an unnamed --input file, in file order: B04,B03,...")
   p.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass (a multiple of the devices)")
@@ -43,6 +48,9 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
   p.add_argument("--cloud_classes", type=cli.cloud_classes_choice, default=None, help=cli.CLOUD_CLASSES_HELP)
   if embed:
     p.add_argument("--per_patch", default=None, help="also write the patch embeddings as a GeoTIFF on the patch grid")
+    p.add_argument("--datetime", action="append", default=None,
+                   help="acquisition time of each --input (ISO 8601, UTC), in the same order, where the inputs do "
+                        "not declare it (default: from the STAC item, .SAFE or file names)")
     p.add_argument("--min_valid_fraction", type=float, default=0.0,
                    help="skip tiles with a smaller fraction of valid (not nodata, not cloud) pixels; default 0: "
                         "only wholly invalid tiles are skipped")

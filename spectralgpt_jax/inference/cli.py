@@ -57,28 +57,36 @@ def cloud_classes_choice(text: str):
 
 
 def cloud_masks(args, count: int) -> list[str]:
-  """The --cloud_mask of each of `count` inputs: --cloud_mask2 for the second, else --cloud_mask when it is auto or
-  off (a mask file belongs to one scene)."""
-  if args.cloud_classes is not None and args.cloud_mask == "off" and getattr(args, "cloud_mask2", None) in (
-      None, "off"):
+  """The --cloud_mask of each of `count` inputs. predict: --cloud_mask2 for the second date, else --cloud_mask when
+  that is auto or off (a mask file belongs to one scene); embed: --cloud_mask auto or off for every input."""
+  second = getattr(args, "cloud_mask2", None)
+  if args.cloud_classes is not None and args.cloud_mask == "off" and second in (None, "off"):
     raise UsageError("--cloud_classes says which mask values are cloud: it needs --cloud_mask (auto or a file)")
-  masks = [args.cloud_mask]
-  if count > 1:
-    second = getattr(args, "cloud_mask2", None)
-    if second is None and args.cloud_mask not in ("auto", "off"):
-      raise UsageError(f"--cloud_mask {args.cloud_mask} is the mask of --input; pass --cloud_mask2 for --input2 "
-                       f"(auto, off or its own mask file)")
-    masks.append(args.cloud_mask if second is None else second)
-  return masks
+  if count == 1:
+    if second is not None:
+      raise UsageError("--cloud_mask2 is the mask of --input2, and there is no --input2")
+    return [args.cloud_mask]
+  if second is not None:
+    return [args.cloud_mask, second]
+  if args.cloud_mask in ("auto", "off"):
+    return [args.cloud_mask] * count
+  if not hasattr(args, "cloud_mask2"):      # embed: any number of inputs, one choice for all
+    raise UsageError(f"--cloud_mask {args.cloud_mask} is one scene's mask file; with {count} --input scenes use "
+                     f"--cloud_mask auto (each input's own mask) or off")
+  raise UsageError(f"--cloud_mask {args.cloud_mask} is the mask of --input; pass --cloud_mask2 for --input2 "
+                   f"(auto, off or its own mask file)")
 
 
 def input_tags(scenes) -> dict[str, str]:
-  """The `radiometry` and `cloud_mask` tags of the outputs: how each input's DN were harmonised and which of its
-  pixels were masked as cloud (input2 = the later date of change detection)."""
+  """The `radiometry`, `cloud_mask` and `acquired` tags of the outputs: how each input's DN were harmonised, which
+  of its pixels were masked as cloud and when it was acquired (input2 = the second input)."""
+  from spectralgpt_jax.inference import acquisition
+
   def joined(parts):
     return parts[0] if len(parts) == 1 else "; ".join(f"input{i + 1 if i else ''}: {p}" for i, p in enumerate(parts))
   return {"radiometry": joined([scene.radiometry.describe() for scene in scenes]),
-          "cloud_mask": joined([scene.clouds.describe() if scene.clouds else "off" for scene in scenes])}
+          "cloud_mask": joined([scene.clouds.describe() if scene.clouds else "off" for scene in scenes]),
+          "acquired": joined([acquisition.iso(scene.acquired) for scene in scenes])}
 
 
 def mesh_shape(text: str) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ Datasets are GDAL handles: use one Scene from one thread at a time.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 from typing import Sequence
@@ -37,6 +38,7 @@ import rasterio.transform
 import rasterio.windows
 
 from spectralgpt_jax.data import bands as bandlib
+from spectralgpt_jax.inference import acquisition
 from spectralgpt_jax.inference import clouds as clouds_lib
 from spectralgpt_jax.inference import gridded
 from spectralgpt_jax.inference import radiometry as radiometry_lib
@@ -64,6 +66,8 @@ class Scene:
   resampled_onto: str | None = None  # the grid= scene's source, when this scene was resampled onto it
   radiometry: radiometry_lib.Radiometry = dataclasses.field(default_factory=radiometry_lib.Radiometry)
   clouds: clouds_lib.CloudMask | None = None  # pixels it flags are invalid
+  acquired: datetime.datetime | None = None   # sensing start (UTC), when the input declares it
+  acquired_from: str = ""
   _sources: dict = dataclasses.field(default_factory=dict, repr=False)  # band -> gridded.GridSource
   _zero_is_nodata: bool = dataclasses.field(default=False, repr=False)
   _driver: str = dataclasses.field(default="", repr=False)
@@ -116,7 +120,7 @@ class Scene:
     """Decoded bytes of one row of blocks across every file behind the scene: what GDAL's block cache must hold for
     strip reads not to decode the same blocks again."""
     total = 0
-    for source in {id(s): s for s in self._sources.values()}.values():
+    for source in self._unique_sources():
       for ds in source.owned or [source.dataset]:
         block_rows = max(ds.block_shapes[0][0], 1) if ds.block_shapes else 1
         total += ds.count * ds.width * block_rows * np.dtype(ds.dtypes[0]).itemsize
@@ -128,7 +132,8 @@ class Scene:
     onto = f", resampled onto the grid of {self.resampled_onto}" if self.resampled_onto else ""
     return (f"{kind} {self.source}: {self.width}x{self.height} px at {self.resolution:g} {unit}, "
             f"{self.crs.to_string()}, bands {','.join(self.bands)}{onto}; {self.radiometry.describe()}; "
-            f"{self.clouds.describe() if self.clouds else 'no cloud mask'}")
+            f"{self.clouds.describe() if self.clouds else 'no cloud mask'}; acquired "
+            f"{acquisition.iso(self.acquired)} ({self.acquired_from})")
 
   def gdal_scaling(self) -> dict[str, tuple[float, float]]:
     """{band: (scale, offset)} from the GDAL metadata of the files behind the scene (1, 0 when unset)."""
@@ -138,8 +143,11 @@ class Scene:
       out[band] = (ds.scales[index - 1], ds.offsets[index - 1])
     return out
 
+  def _unique_sources(self) -> list[gridded.GridSource]:
+    return list({id(s): s for s in self._sources.values()}.values())    # a multi-band file serves many bands
+
   def close(self) -> None:
-    for source in {id(s): s for s in self._sources.values()}.values():
+    for source in self._unique_sources():
       source.close()
     self._sources = {}
     if self.clouds is not None:
@@ -182,6 +190,9 @@ def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | N
                                                 scene.gdal_scaling())
     on = gridded.Grid(scene.crs, scene.transform, scene.width, scene.height)
     scene.clouds = clouds_lib.open_mask(cloud_mask, cloud_classes, scene.kind, scene.source, on)
+    sources = scene._unique_sources()
+    scene.acquired, scene.acquired_from = acquisition.for_scene(
+        scene.kind, scene.source, [s.path for s in sources], [(s.owned or [s.dataset])[0] for s in sources])
   except BaseException:
     scene.close()
     raise

@@ -1,0 +1,141 @@
+"""Acquisition times of scenes, and embedding time series: several inputs on the first one's grid, one table."""
+import datetime
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from scene_fixtures import native_grid, write_band_folder, write_raster, write_safe, write_stac_item
+from spectralgpt_jax import embed
+from spectralgpt_jax.inference import acquisition, scene_io
+from spectralgpt_jax.inference.scene_sources import SceneError
+
+UTC = datetime.timezone.utc
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def test_times_are_parsed_to_utc():
+  assert acquisition.parse("2020-01-01T15:55:11.024Z") == datetime.datetime(2020, 1, 1, 15, 55, 11, 24000, UTC)
+  assert acquisition.parse("20200101T155511") == datetime.datetime(2020, 1, 1, 15, 55, 11, tzinfo=UTC)
+  assert acquisition.parse("2020-06-01") == datetime.datetime(2020, 6, 1, tzinfo=UTC)
+  assert acquisition.parse("2020-06-01T12:00:00+02:00") == datetime.datetime(2020, 6, 1, 10, tzinfo=UTC)
+  for bad in ("June 1st", "2020-13-01", ""):
+    with pytest.raises(ValueError):
+      acquisition.parse(bad)
+  assert acquisition.iso(None) == "unknown"
+
+
+def write_mtd_start_time(safe: str, level: str, when: str) -> None:
+  """Product metadata with a PRODUCT_START_TIME, namespaced as ESA's MTD_MSIL1C/2A.xml."""
+  xml = (f'<?xml version="1.0" encoding="UTF-8"?><n1:Level-{level[1:]}_User_Product xmlns:n1="https://psd-14.'
+         f'sentinel2.eo.esa.int/PSD/User_Product_Level-{level[1:]}.xsd"><n1:General_Info><Product_Info>'
+         f'<PRODUCT_START_TIME>{when}</PRODUCT_START_TIME></Product_Info></n1:General_Info>'
+         f'</n1:Level-{level[1:]}_User_Product>')
+  with open(os.path.join(safe, f"MTD_MSI{level}.xml"), "w", encoding="utf-8") as f:
+    f.write(xml)
+
+
+def acquired(path):
+  with scene_io.open_scene(path, harmonize="off") as scene:
+    return scene.acquired, scene.acquired_from
+
+
+def test_where_each_input_form_declares_its_time(tmp_path):
+  safe = write_safe(tmp_path / "safe", "L1C")
+  assert acquired(safe) == (datetime.datetime(2020, 1, 1, 15, 55, 11, tzinfo=UTC), "product name")
+  write_mtd_start_time(safe, "L1C", "2020-01-01T15:55:11.024Z")
+  assert acquired(safe) == (datetime.datetime(2020, 1, 1, 15, 55, 11, 24000, UTC), "MTD_MSIL1C.xml PRODUCT_START_TIME")
+  granule_bands = os.path.join(safe, "GRANULE", os.listdir(os.path.join(safe, "GRANULE"))[0], "IMG_DATA")
+  assert acquired(granule_bands)[1] == "MTD_MSIL1C.xml PRODUCT_START_TIME"   # a folder inside the product
+
+  files = write_band_folder(tmp_path / "stac", BANDS, pattern="{band}.tif")
+  item = write_stac_item(tmp_path / "stac" / "item.json", files)
+  assert acquired(item) == (None, "the STAC item has no datetime")
+  doc = json.loads((tmp_path / "stac" / "item.json").read_text())
+  doc["properties"]["datetime"] = "2021-07-04T10:20:30Z"
+  (tmp_path / "stac" / "item.json").write_text(json.dumps(doc))
+  assert acquired(item) == (datetime.datetime(2021, 7, 4, 10, 20, 30, tzinfo=UTC), "STAC datetime")
+  doc["properties"]["datetime"] = "yesterday"
+  (tmp_path / "stac" / "item.json").write_text(json.dumps(doc))
+  with pytest.raises(SceneError, match='item.json: properties.datetime "yesterday" is not an ISO 8601 time'):
+    acquired(item)
+
+  folder = write_band_folder(tmp_path / "named", BANDS, pattern="T18SUJ_20220315T154809_{band}.tif")
+  assert acquired(os.path.dirname(folder["B02"])) == (datetime.datetime(2022, 3, 15, 15, 48, 9, tzinfo=UTC),
+                                                      "file name T18SUJ_20220315T154809_B02.tif")
+  stack = np.ones((4, 60, 60), np.uint16)
+  day = write_raster(tmp_path / "s2_2023-05-06_stack.tif", stack, native_grid(10)[0], descriptions=BANDS)
+  assert acquired(day) == (datetime.datetime(2023, 5, 6, tzinfo=UTC), "file name s2_2023-05-06_stack.tif")
+  tagged = write_raster(tmp_path / "tagged.tif", stack, native_grid(10)[0], descriptions=BANDS)
+  import rasterio
+  with rasterio.open(tagged, "r+") as ds:
+    ds.update_tags(ACQUISITION_DATE="2019-08-30T10:00:00Z", TIFFTAG_DATETIME="2026:01:01 00:00:00")
+  assert acquired(tagged) == (datetime.datetime(2019, 8, 30, 10, tzinfo=UTC), "GDAL metadata ACQUISITION_DATE")
+  written_only = write_raster(tmp_path / "plain.tif", stack, native_grid(10)[0], descriptions=BANDS)
+  with rasterio.open(written_only, "r+") as ds:
+    ds.update_tags(TIFFTAG_DATETIME="2026:01:01 00:00:00")      # when the file was written: not an acquisition
+  assert acquired(written_only) == (None, "nothing declares it")
+
+
+def run_embed(exports, out, *inputs, extra=()):
+  args = ["--checkpoint", exports["pretrain"], "--output", str(out), "--no_progress", *extra]
+  for path in inputs:
+    args += ["--input", path]
+  return embed.main(args)
+
+
+def test_an_embedding_time_series_shares_the_first_inputs_grid(exports, scene, band_folder, tmp_path):
+  single, series = tmp_path / "one.parquet", tmp_path / "series.parquet"
+  assert run_embed(exports, single, scene["path"]) == 0
+  one = pq.read_table(single).to_pandas()
+  assert one.datetime.isna().all() and (one.input_index == 0).all()        # a GeoTIFF without a date
+  assert run_embed(exports, series, scene["path"], band_folder,
+                   extra=["--datetime", "2020-05-01", "--datetime", "2020-06-01T10:30:00Z"]) == 0
+  table = pq.read_table(series).to_pandas()
+  first, second = table[table.input_index == 0], table[table.input_index == 1]
+  assert len(first) == len(one) and len(first) + len(second) == len(table)
+  np.testing.assert_array_equal(np.stack(first.embedding), np.stack(one.embedding))
+  np.testing.assert_array_equal(first.tile_id, one.tile_id)
+  assert (first.datetime == datetime.datetime(2020, 5, 1, tzinfo=UTC)).all()
+  assert (second.datetime == datetime.datetime(2020, 6, 1, 10, 30, tzinfo=UTC)).all()
+  # the band folder has no nodata corner: every tile of the grid is a row, on the same tile ids and footprints
+  h, w = scene["data"].shape[:2]
+  assert len(second) == -(-h // 16) * -(-w // 16)
+  assert set(first.tile_id) < set(second.tile_id)
+  by_id = second.set_index("tile_id")
+  assert all(by_id.loc[t, "geometry"] == g for t, g in zip(first.tile_id, first.geometry))
+  # same pixels (the GeoTIFF was made from the band folder): the same embeddings where both are fully valid
+  full = first[first.valid_fraction == 1.0]
+  np.testing.assert_allclose(np.stack(full.embedding), np.stack(by_id.loc[full.tile_id, "embedding"]), atol=1e-4)
+  meta = json.loads(pq.read_metadata(series).metadata[b"spectralgpt"])
+  assert [i["path"] for i in meta["inputs"]] == [scene["path"], band_folder]
+  assert [i["datetime"] for i in meta["inputs"]] == ["2020-05-01T00:00:00Z", "2020-06-01T10:30:00Z"]
+  assert {i["acquired_from"] for i in meta["inputs"]} == {"--datetime"}
+  assert meta["acquired"] == "input: unknown; input2: unknown"   # what the inputs themselves declare
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--datetime", "2020-05-01"], "--datetime is given 1 times for 2 --input scenes"),
+    (["--datetime", "2020-05-01", "--datetime", "May"], "--datetime: Invalid isoformat string: 'May'"),
+    (["--per_patch", "p.tif"], "--per_patch writes one scene's patch grid; it takes one --input, not 2"),
+    (["--cloud_mask", "m.tif"], "--cloud_mask m.tif is one scene's mask file; with 2 --input scenes"),
+])
+def test_time_series_flags_are_checked_first(exports, scene, tmp_path, capsys, extra, needle):
+  out = tmp_path / "out"
+  out.mkdir()
+  assert run_embed(exports, out / "e.parquet", scene["path"], scene["path"], extra=extra) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and needle in err[0], err
+  assert not os.listdir(out)
+
+
+def test_an_input_elsewhere_is_one_line(exports, scene, tmp_path, capsys):
+  far = tmp_path / "far"
+  write_band_folder(far, ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"),
+                    pattern="{band}.tif", x0=100000.0, y0=1000000.0)
+  (tmp_path / "out").mkdir()
+  assert run_embed(exports, tmp_path / "out" / "e.parquet", scene["path"], str(far)) == 1
+  err = capsys.readouterr().err.strip()
+  assert "does not overlap" in err and scene["path"] in err and not os.listdir(tmp_path / "out")
