@@ -91,8 +91,8 @@ class CloudRule:
 
   def describe(self) -> str:
     if self.name == "SCL":
-      classes = [int(v) for lo, hi in self.values for v in np.arange(np.ceil(lo), np.floor(hi) + 1)]
-      return f"SCL classes {_text(self.values)} ({', '.join(SCL_CLASSES.get(c, '?') for c in classes)})"
+      named = [name for code, name in SCL_CLASSES.items() if any(lo <= code <= hi for lo, hi in self.values)]
+      return f"SCL classes {_text(self.values)} ({', '.join(named) or 'none of the SCL classes 0-11'})"
     if self.name == "MSK_CLASSI":
       return "MSK_CLASSI opaque clouds or cirrus"
     if self.name == "QA60":

@@ -78,6 +78,20 @@ def test_before_baseline_04_and_harmonize_off_are_bit_identical(tmp_path):
   assert "DN as stored (MTD_MSIL2A.xml: processing baseline 02.14, no offsets)" in text
 
 
+def test_a_new_baseline_without_offsets_is_used_as_stored_with_a_warning(tmp_path, caplog):
+  safe = write_safe(tmp_path, "L1C", values=dark_values)
+  write_mtd(safe, "L1C", "05.10")
+  with caplog.at_level(logging.WARNING):
+    data, _, _, text = read(safe)
+  np.testing.assert_array_equal(data, read(safe, "off")[0])
+  assert "MTD_MSIL1C.xml: processing baseline 05.10 but no ADD_OFFSET values; DN used as stored" in caplog.text
+  caplog.clear()
+  write_mtd(safe, "L1C", "02.14")
+  with caplog.at_level(logging.WARNING):
+    read(safe)
+  assert "ADD_OFFSET" not in caplog.text
+
+
 def test_a_band_folder_inside_a_safe_finds_the_product_metadata(tmp_path):
   safe = write_safe(tmp_path, "L2A")
   write_mtd(safe, "L2A", "04.00", {b: -1000 for b in bandlib.ALL_13})
