@@ -136,7 +136,7 @@ def _open_inputs(args, checkpoint) -> list:
     for path, mask in zip(args.input, masks):
       scenes.append(scene_io.open_scene(path, bands=cli.band_list(args.bands), harmonize=args.harmonize,
                                         grid=scenes[0] if scenes else None, cloud_mask=mask,
-                                        cloud_classes=args.cloud_classes))
+                                        cloud_classes=args.cloud_classes, cloud_buffer=args.cloud_buffer))
       scene_io.require_bands(scenes[-1], checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
   except BaseException:
     for scene in scenes:

@@ -46,6 +46,8 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
   p.add_argument("--harmonize", type=cli.harmonize_choice, default="auto", help=cli.HARMONIZE_HELP)
   p.add_argument("--cloud_mask", default="off", help=cli.CLOUD_MASK_HELP)
   p.add_argument("--cloud_classes", type=cli.cloud_classes_choice, default=None, help=cli.CLOUD_CLASSES_HELP)
+  p.add_argument("--cloud_buffer", type=int, default=0, help="grow every cloud by this many output pixels (10 m "
+                 "for Sentinel-2 band files; default 0)")
   if embed:
     p.add_argument("--per_patch", default=None, help="also write the patch embeddings as a GeoTIFF on the patch grid")
     p.add_argument("--datetime", action="append", default=None,
@@ -79,12 +81,13 @@ def run(args) -> list[str]:
   mesh = cli.mesh_shape(args.mesh)
   masks = cli.cloud_masks(args, 2 if args.input2 else 1)
   scenes = [scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize,
-                                cloud_mask=masks[0], cloud_classes=args.cloud_classes)]
+                                cloud_mask=masks[0], cloud_classes=args.cloud_classes,
+                                cloud_buffer=args.cloud_buffer)]
   try:
     if args.input2:
       scenes.append(scene_io.open_scene(args.input2, bands=cli.band_list(args.bands2), grid=scenes[0],
                                         harmonize=args.harmonize2, cloud_mask=masks[1],
-                                        cloud_classes=args.cloud_classes))
+                                        cloud_classes=args.cloud_classes, cloud_buffer=args.cloud_buffer))
     for scene in scenes:
       scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,

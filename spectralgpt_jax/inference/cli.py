@@ -62,6 +62,11 @@ def cloud_masks(args, count: int) -> list[str]:
   second = getattr(args, "cloud_mask2", None)
   if args.cloud_classes is not None and args.cloud_mask == "off" and second in (None, "off"):
     raise UsageError("--cloud_classes says which mask values are cloud: it needs --cloud_mask (auto or a file)")
+  buffer = getattr(args, "cloud_buffer", 0)
+  if buffer < 0:
+    raise UsageError(f"--cloud_buffer {buffer}: must be >= 0 pixels")
+  if buffer and args.cloud_mask == "off" and second in (None, "off"):
+    raise UsageError("--cloud_buffer grows the clouds of a mask: it needs --cloud_mask (auto or a file)")
   if count == 1:
     if second is not None:
       raise UsageError("--cloud_mask2 is the mask of --input2, and there is no --input2")

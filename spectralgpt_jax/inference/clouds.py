@@ -20,7 +20,7 @@ How a mask says "cloud" (`CloudRule`), decided by its name or band description:
   other       a single-band raster whose cloud values `classes` names (required): "1" for a binary mask,
               "40-100" for a cloud probability in percent (L2A's MSK_CLDPRB, s2cloudless x 100).
 Masks are resampled onto the scene's grid by nearest neighbour; pixels outside a mask's footprint, or nodata in
-it, are not cloud. Every problem is a one-line SceneError naming the file.
+it, are not cloud. `buffer=N` (--cloud_buffer) grows every cloud by N output pixels. Every problem is a one-line SceneError naming the file.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import re
 
 import numpy as np
 from rasterio.enums import Resampling
+from scipy import ndimage
 
 from spectralgpt_jax.inference import gridded, scene_sources
 from spectralgpt_jax.inference.scene_sources import SceneError
@@ -101,26 +102,40 @@ class CloudRule:
 
 
 class CloudMask:
-  """A mask file read on a scene's output grid: `cloudy(col, row, width, height)` -> bool [h, w]."""
+  """A mask file read on a scene's output grid: `cloudy(col, row, width, height)` -> bool [h, w]. With `buffer`
+  > 0 every cloudy pixel also clouds the pixels within `buffer` output pixels of it (a disk): masks under-detect
+  cloud edges and thin haze. The window is read `buffer` pixels wider on each side, so a window's result never
+  depends on where it starts (strips agree at their seams)."""
 
-  def __init__(self, path: str, rule: CloudRule, source: gridded.GridSource):
-    self.path, self.rule, self._source = path, rule, source
+  def __init__(self, path: str, rule: CloudRule, source: gridded.GridSource, buffer: int = 0):
+    self.path, self.rule, self._source, self.buffer = path, rule, source, int(buffer)
     self._names = [f"mask{b}" for b in rule.bands]
+    r = self.buffer
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    self._disk = x * x + y * y <= r * r
 
   def cloudy(self, col: int, row: int, width: int, height: int) -> np.ndarray:
-    block, inside = self._source.read(self._names, col, row, width, height)
-    return self.rule.cloudy(np.moveaxis(block, -1, 0)) & inside
+    r = self.buffer
+    block, inside = self._source.read(self._names, col - r, row - r, width + 2 * r, height + 2 * r)
+    hit = self.rule.cloudy(np.moveaxis(block, -1, 0)) & inside
+    if r:
+      hit = ndimage.binary_dilation(hit, structure=self._disk)
+    return hit[r:r + height, r:r + width]
 
   def describe(self) -> str:
-    return f"cloud mask: {self.rule.describe()} from {self.path}"
+    buffered = f", buffered by {self.buffer} px" if self.buffer else ""
+    return f"cloud mask: {self.rule.describe()} from {self.path}{buffered}"
 
   def close(self) -> None:
     self._source.close()
 
 
-def open_mask(choice: str, classes: Intervals | None, kind: str, scene_path: str, grid: gridded.Grid
-              ) -> CloudMask | None:
-  """The CloudMask `choice` ("off", "auto" or a path) names for a scene of `kind` at `scene_path` on `grid`."""
+def open_mask(choice: str, classes: Intervals | None, kind: str, scene_path: str, grid: gridded.Grid,
+              buffer: int = 0) -> CloudMask | None:
+  """The CloudMask `choice` ("off", "auto" or a path) names for a scene of `kind` at `scene_path` on `grid`, its
+  clouds grown by `buffer` output pixels."""
+  if int(buffer) != buffer or buffer < 0:
+    raise ValueError(f"cloud buffer {buffer}: must be a whole number of pixels >= 0")
   if choice == "off":
     _hint(kind, scene_path)
     return None
@@ -135,7 +150,7 @@ def open_mask(choice: str, classes: Intervals | None, kind: str, scene_path: str
   except BaseException:
     ds.close()
     raise
-  return CloudMask(path, rule, source)
+  return CloudMask(path, rule, source, buffer)
 
 
 def rule_for(path: str, ds, classes: Intervals | None) -> CloudRule:

@@ -179,17 +179,18 @@ def require_bands(scene: Scene, needed: Sequence[str], what: str) -> None:
 
 def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | None = None,
                harmonize: str | float = "auto", cloud_mask: str = "off",
-               cloud_classes: clouds_lib.Intervals | None = None) -> Scene:
+               cloud_classes: clouds_lib.Intervals | None = None, cloud_buffer: int = 0) -> Scene:
   """Open a scene. `bands` names a multi-band raster's bands in file order (only needed when its descriptions do
   not); `grid` resamples every band onto another scene's grid instead of this scene's own 10 m grid; `harmonize`
   ("auto", "off" or a DN offset) says how stored DN become harmonised DN (see `radiometry`); `cloud_mask` ("off",
-  "auto" or a mask file) and `cloud_classes` say which pixels are cloud and so invalid (see `clouds`)."""
+  "auto" or a mask file), `cloud_classes` and `cloud_buffer` (px) say which pixels are cloud and so invalid (see
+  `clouds`)."""
   scene = _open_scene(path, bands, grid)
   try:
     scene.radiometry = radiometry_lib.for_scene(harmonize, scene.kind, scene.source, scene.bands,
                                                 scene.gdal_scaling())
     on = gridded.Grid(scene.crs, scene.transform, scene.width, scene.height)
-    scene.clouds = clouds_lib.open_mask(cloud_mask, cloud_classes, scene.kind, scene.source, on)
+    scene.clouds = clouds_lib.open_mask(cloud_mask, cloud_classes, scene.kind, scene.source, on, cloud_buffer)
     sources = scene._unique_sources()
     scene.acquired, scene.acquired_from = acquisition.for_scene(
         scene.kind, scene.source, [s.path for s in sources], [(s.owned or [s.dataset])[0] for s in sources])

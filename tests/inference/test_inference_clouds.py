@@ -155,6 +155,26 @@ def test_a_mask_file_on_another_grid_with_values_or_ranges(tmp_path):
   np.testing.assert_array_equal(valid, ~np.isin(on10, (0, 7, 55, 56)))
 
 
+def test_a_buffer_grows_clouds_by_a_disk_and_strips_agree_at_their_seams(tmp_path):
+  folder = os.path.dirname(write_band_folder(tmp_path / "f", BANDS, pattern="{band}.tif")["B02"])
+  binary = np.zeros((60, 60), np.uint8)
+  binary[29, 40] = 1                                       # one cloudy pixel, next to the seam of two strips
+  binary[0, 0] = 1                                         # and one at the corner: the buffer reads past the edge
+  mask = write_raster(tmp_path / "binary.tif", binary, native_grid(10)[0])
+  rows, cols = np.mgrid[0:60, 0:60]
+  grown = (((rows - 29) ** 2 + (cols - 40) ** 2) <= 9) | ((rows ** 2 + cols ** 2) <= 9)
+  with scene_io.open_scene(folder, harmonize="off", cloud_mask=mask, cloud_classes=((1.0, 1.0),),
+                           cloud_buffer=3) as scene:
+    _, valid = scene.read(BANDS, WINDOW)
+    top, bottom = scene.read(BANDS, Window(0, 0, 60, 30))[1], scene.read(BANDS, Window(0, 30, 60, 30))[1]
+    described = scene.describe()
+  np.testing.assert_array_equal(valid, ~grown)
+  np.testing.assert_array_equal(np.concatenate([top, bottom]), valid)
+  assert f"cloud mask: values 1 from {mask}, buffered by 3 px" in described
+  with pytest.raises(ValueError, match="cloud buffer -1: must be a whole number of pixels >= 0"):
+    read(folder, cloud_mask=mask, cloud_classes=((1.0, 1.0),), cloud_buffer=-1)
+
+
 def test_bad_mask_files_are_one_line_naming_the_file(tmp_path):
   folder = os.path.dirname(write_band_folder(tmp_path / "f", BANDS, pattern="{band}.tif")["B02"])
   transform = native_grid(20)[0]
@@ -208,6 +228,11 @@ def test_which_mask_each_input_gets():
     masks(2, cloud_mask="a.tif")
   with pytest.raises(cli.UsageError, match="--cloud_classes says which mask values are cloud: it needs"):
     masks(1, cloud_classes=((1.0, 1.0),))
+  with pytest.raises(cli.UsageError, match="--cloud_buffer grows the clouds of a mask: it needs --cloud_mask"):
+    masks(1, cloud_buffer=2)
+  with pytest.raises(cli.UsageError, match="--cloud_buffer -2: must be >= 0 pixels"):
+    masks(1, cloud_mask="auto", cloud_buffer=-2)
+  assert masks(1, cloud_mask="auto", cloud_buffer=2) == ["auto"]
   with pytest.raises(cli.UsageError, match="--cloud_mask2 is the mask of --input2, and there is no --input2"):
     masks(1, cloud_mask2="auto")
   embed_args = argparse.Namespace(cloud_mask="a.tif", cloud_classes=None)     # embed has no --cloud_mask2
