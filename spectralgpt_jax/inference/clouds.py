@@ -20,7 +20,8 @@ How a mask says "cloud" (`CloudRule`), decided by its name or band description:
   other       a single-band raster whose cloud values `classes` names (required): "1" for a binary mask,
               "40-100" for a cloud probability in percent (L2A's MSK_CLDPRB, s2cloudless x 100).
 Masks are resampled onto the scene's grid by nearest neighbour; pixels outside a mask's footprint, or nodata in
-it, are not cloud. `buffer=N` (--cloud_buffer) grows every cloud by N output pixels. Every problem is a one-line SceneError naming the file.
+it, are not cloud. `buffer=N` (--cloud_buffer) grows every cloud by N output pixels. Every problem is a one-line
+SceneError naming the file.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def parse_classes(text: str | None) -> Intervals | None:
     bounds = part.split("-", 1) if part.count("-") == 1 and not part.startswith("-") else [part, part]
     try:
       lo, hi = float(bounds[0]), float(bounds[1])
+      if lo != lo or hi != hi:   # NaN matches no value: a typo, not a choice
+        raise ValueError
     except ValueError:
       raise ValueError(f"--cloud_classes {text!r}: {part!r} is not a value or a range lo-hi (e.g. 3,8,9,10 or "
                        f"40-100)") from None

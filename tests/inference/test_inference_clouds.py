@@ -212,7 +212,7 @@ def test_class_parsing():
   assert clouds.parse_classes("40-100") == ((40, 100),)
   assert clouds.parse_classes("") is None and clouds.parse_classes(None) is None
   for bad, needle in (("cloud", "'cloud' is not a value or a range"), ("9-3", "the range '9-3' is empty"),
-                      ("3,,9", "'' is not a value")):
+                      ("3,,9", "'' is not a value"), ("nan", "'nan' is not a value")):
     with pytest.raises(ValueError, match=needle):
       clouds.parse_classes(bad)
 
