@@ -112,8 +112,7 @@ def run(args) -> list[str]:
 def _check_args(args) -> list | None:
   """Flag combinations checked before any work; the --datetime overrides (UTC), if given."""
   from spectralgpt_jax.inference import acquisition
-  if not 0.0 <= args.min_valid_fraction <= 1.0:
-    raise cli.UsageError(f"--min_valid_fraction {args.min_valid_fraction}: must be in [0, 1]")
+  cli.check_fraction("--min_valid_fraction", args.min_valid_fraction)
   if args.per_patch and len(args.input) > 1:
     raise cli.UsageError(f"--per_patch writes one scene's patch grid; it takes one --input, not {len(args.input)}")
   if not args.datetime:

@@ -48,14 +48,15 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
   p.add_argument("--cloud_classes", type=cli.cloud_classes_choice, default=None, help=cli.CLOUD_CLASSES_HELP)
   p.add_argument("--cloud_buffer", type=int, default=0, help="grow every cloud by this many output pixels (10 m "
                  "for Sentinel-2 band files; default 0)")
+  p.add_argument("--min_valid_fraction", type=float, default=0.0,
+                 help="skip tiles with a smaller fraction of valid (not nodata, not cloud) pixels" +
+                      ("" if embed else ", leaving their pixels nodata where no other tile covers them") +
+                      "; default 0: only wholly invalid tiles are skipped")
   if embed:
     p.add_argument("--per_patch", default=None, help="also write the patch embeddings as a GeoTIFF on the patch grid")
     p.add_argument("--datetime", action="append", default=None,
                    help="acquisition time of each --input (ISO 8601, UTC), in the same order, where the inputs do "
                         "not declare it (default: from the STAC item, .SAFE or file names)")
-    p.add_argument("--min_valid_fraction", type=float, default=0.0,
-                   help="skip tiles with a smaller fraction of valid (not nodata, not cloud) pixels; default 0: "
-                        "only wholly invalid tiles are skipped")
   else:
     p.add_argument("--input2", default=None, help="change detection: the later date")
     p.add_argument("--bands2", default=None, help="band names of an unnamed --input2 file")
@@ -79,6 +80,7 @@ def run(args) -> list[str]:
   if task != "change_detection" and args.input2:
     raise cli.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
   mesh = cli.mesh_shape(args.mesh)
+  cli.check_fraction("--min_valid_fraction", args.min_valid_fraction)
   masks = cli.cloud_masks(args, 2 if args.input2 else 1)
   scenes = [scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize,
                                 cloud_mask=masks[0], cloud_classes=args.cloud_classes,
@@ -92,6 +94,7 @@ def run(args) -> list[str]:
       scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
                           mesh=mesh, probabilities=args.probabilities, mask_ratio=args.mask_ratio, seed=args.seed,
+                          min_valid=args.min_valid_fraction,
                           progress=not args.no_progress, command=" ".join(shlex.quote(a) for a in sys.argv))
   finally:
     for scene in scenes:
@@ -100,7 +103,7 @@ def run(args) -> list[str]:
 
 def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: int = 16, overlap: float | None = None,
                    mesh=(-1, 1, 1), probabilities: bool = False, mask_ratio: float | None = None, seed: int = 0,
-                   progress: bool = True, command: str = "") -> list[str]:
+                   min_valid: float = 0.0, progress: bool = True, command: str = "") -> list[str]:
   """Streams `scenes` (one, or two dates on the first one's grid) through the checkpoint's task into `output`
   (+ probabilities, + a PNG quicklook); returns the paths written. `apply(model, *inputs)` replaces the task's
   forward (tests use a double with known outputs)."""
@@ -114,7 +117,7 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
                                                     probabilities=probabilities, command=command,
                                                     input_tags=cli.input_tags(scenes)) as sink:
     bar = engine.Progress(len(grid), enabled=progress)
-    for r, batch in engine.tile_batches(scenes, checkpoint, grid):
+    for r, batch in engine.tile_batches(scenes, checkpoint, grid, min_valid=min_valid):
       outputs = None
       if batch.positions:
         extra = [products.mae_noise(batch.positions, checkpoint.cfg.num_tokens, seed)] if task == "pretrain" else []

@@ -94,6 +94,11 @@ def input_tags(scenes) -> dict[str, str]:
           "acquired": joined([acquisition.iso(scene.acquired) for scene in scenes])}
 
 
+def check_fraction(flag: str, value: float) -> None:
+  if not 0.0 <= value <= 1.0:
+    raise UsageError(f"{flag} {value}: must be in [0, 1]")
+
+
 def mesh_shape(text: str) -> tuple[int, int, int]:
   try:
     sizes = tuple(int(s) for s in text.split(","))

@@ -287,6 +287,27 @@ def test_predict_and_embed_leave_clouds_out_and_record_the_mask(scene, exports, 
   assert meta["cloud_mask"] == tags["cloud_mask"] and meta["radiometry"]
 
 
+def test_predict_skips_tiles_below_the_valid_fraction(exports, scene, tmp_path):
+  """A classification label map: a tile whose valid share (nodata corner, cloud) is below the threshold is nodata."""
+  h, w = scene["data"].shape[:2]
+  binary = np.zeros((h, w), np.uint8)
+  binary[:, 100:] = 1                                      # the right part of the scene is cloud
+  mask = write_raster(tmp_path / "clouds.tif", binary, scene["transform"], crs=scene["crs"])
+  out = tmp_path / "labels.tif"
+  assert predict.main(["--checkpoint", exports["classification"], "--input", scene["path"], "--output", str(out),
+                       "--cloud_mask", mask, "--cloud_classes", "1", "--min_valid_fraction", "0.6",
+                       "--no_progress"]) == 0
+  size = json.loads(open(os.path.join(exports["classification"], "metadata.json")).read())["image_size"]
+  valid = np.zeros((-(-h // size) * size, -(-w // size) * size), bool)
+  valid[:h, :w] = scene["valid"] & (binary == 0)
+  share = valid.reshape(valid.shape[0] // size, size, -1, size).mean(axis=(1, 3))
+  with rasterio.open(out) as ds:
+    labels, tags = ds.read(1), ds.tags()
+  assert 0 < (share >= 0.6).sum() < share.size
+  np.testing.assert_array_equal(labels != 255, share >= 0.6)
+  assert tags["cloud_mask"] == f"cloud mask: values 1 from {mask}"
+
+
 def test_predict_flags_are_checked_before_any_work(exports, scene, tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
@@ -294,8 +315,9 @@ def test_predict_flags_are_checked_before_any_work(exports, scene, tmp_path, cap
                        scene["path"], "--output", str(out / "cd.tif"), "--cloud_mask", scene["path"]])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 1 and len(err) == 1 and "pass --cloud_mask2 for --input2" in err[0]
-  code = embed.main(["--checkpoint", exports["pretrain"], "--input", scene["path"], "--output",
-                     str(out / "e.parquet"), "--min_valid_fraction", "1.5"])
-  err = capsys.readouterr().err.strip().splitlines()
-  assert code == 1 and err == ["error: --min_valid_fraction 1.5: must be in [0, 1]"]
+  for command in (embed, predict):
+    code = command.main(["--checkpoint", exports["pretrain"], "--input", scene["path"], "--output",
+                         str(out / "e.parquet"), "--min_valid_fraction", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["error: --min_valid_fraction 1.5: must be in [0, 1]"]
   assert not os.listdir(out)
