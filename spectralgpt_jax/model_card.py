@@ -161,9 +161,9 @@ def _evaluation(evaluation: dict | None) -> str:
            f"{evaluation['num_examples']:,} examples" if evaluation.get("num_examples") else "",
            f"step {evaluation['step']}" if evaluation.get("step") is not None else ""]
   lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in sorted(scalars.items())]
+  fractions = "" if all(k.startswith("loss") for k in scalars) else "; accuracies and IoUs as fractions in [0, 1]"
   return (f"## Evaluation\n\n{', '.join(w for w in where if w) or 'as recorded'}; dataset-level metrics (from "
-          f"statistics summed over every example, not per-batch means; accuracies and IoUs as fractions in "
-          f"[0, 1]).\n\n" + "\n".join(lines))
+          f"statistics summed over every example, not per-batch means{fractions}).\n\n" + "\n".join(lines))
 
 
 def _use(task: str) -> str:

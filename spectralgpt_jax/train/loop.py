@@ -373,7 +373,7 @@ def _export(r: Run, state, step: int) -> None:
                                   step=step, data=json.loads(config.data.to_json_best_effort()), training=training,
                                   evaluation=evaluated, **r.task.export_metadata())
   export.save_params(os.path.join(r.workdir, "export"), nnx.to_pure_dict(state_lib.model_params(state)), metadata)
-  logging.info("export: params + metadata.json written to %s", os.path.join(r.workdir, "export"))
+  logging.info("export: params, metadata.json and MODEL_CARD.md written to %s", os.path.join(r.workdir, "export"))
 
 
 def _final_evaluation(workdir: str, step: int) -> dict | None:
