@@ -175,6 +175,24 @@ def test_a_buffer_grows_clouds_by_a_disk_and_strips_agree_at_their_seams(tmp_pat
     read(folder, cloud_mask=mask, cloud_classes=((1.0, 1.0),), cloud_buffer=-1)
 
 
+def test_a_mask_in_another_crs_is_reprojected(tmp_path):
+  """A lon/lat mask of a cloud block over the left half: the block's interior is masked, pixels well away are not."""
+  from rasterio.enums import Resampling
+  from rasterio.warp import calculate_default_transform, reproject
+  folder = os.path.dirname(write_band_folder(tmp_path / "f", BANDS, pattern="{band}.tif")["B02"])
+  utm = np.zeros((60, 60), np.uint8)
+  utm[:, :30] = 1
+  src_transform = native_grid(10)[0]
+  transform, w, h = calculate_default_transform("EPSG:32618", "EPSG:4326", 60, 60, left=X0, bottom=Y0 - 600,
+                                                right=X0 + 600, top=Y0, resolution=2e-5)   # about 2 m
+  lonlat = np.zeros((h, w), np.uint8)
+  reproject(utm, lonlat, src_transform=src_transform, src_crs="EPSG:32618", dst_transform=transform,
+            dst_crs="EPSG:4326", resampling=Resampling.nearest)
+  mask = write_raster(tmp_path / "lonlat.tif", lonlat, transform, crs="EPSG:4326")
+  _, valid, _ = read(folder, cloud_mask=mask, cloud_classes=((1.0, 1.0),))
+  assert not valid[5:55, 3:27].any() and valid[5:55, 33:57].all()
+
+
 def test_bad_mask_files_are_one_line_naming_the_file(tmp_path):
   folder = os.path.dirname(write_band_folder(tmp_path / "f", BANDS, pattern="{band}.tif")["B02"])
   transform = native_grid(20)[0]
