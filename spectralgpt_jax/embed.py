@@ -84,7 +84,7 @@ def run(args) -> list[str]:
             "command": " ".join(shlex.quote(a) for a in sys.argv), **cli.input_tags(scenes)}
     meta = {**tags, "arch": checkpoint.metadata.get("arch"), "task": checkpoint.task, "tile_px": grid.tile,
             "stride_px": grid.stride, "bands": list(checkpoint.model_bands), "input": args.input[0],
-            "inputs": [_input_record(scene, when) for scene, when in zip(scenes, times)],
+            "inputs": [_input_record(scene, when, bool(args.datetime)) for scene, when in zip(scenes, times)],
             "normalization": checkpoint.normalization, "embedding": "LayerNorm(mean of last-block tokens)"}
     table = writers.GeoParquetWriter(args.output, crs=first.crs, embedding_dim=dim, metadata=meta,
                                      extra_columns=_extra_columns())
@@ -144,10 +144,10 @@ def _open_inputs(args, checkpoint) -> list:
   return scenes
 
 
-def _input_record(scene, when) -> dict:
+def _input_record(scene, when, overridden: bool) -> dict:
   from spectralgpt_jax.inference import acquisition
   return {"path": scene.source, "datetime": None if when is None else acquisition.iso(when),
-          "acquired_from": scene.acquired_from if when is scene.acquired else "--datetime",
+          "acquired_from": "--datetime" if overridden else scene.acquired_from,
           "radiometry": scene.radiometry.describe(),
           "cloud_mask": scene.clouds.describe() if scene.clouds else "off"}
 

@@ -79,20 +79,20 @@ def _header(metadata: dict, task: str) -> str:
 
 
 def _model(metadata: dict, cfg: dict, task: str) -> str:
+  from spectralgpt_jax import models
   from spectralgpt_jax.data import pipeline
-  t, p = cfg.get("t_patch_size"), cfg.get("patch_size")
-  tokens = None
-  if cfg.get("img_size") and p and t:
-    groups, side = cfg["num_frames"] // t, cfg["img_size"] // p
-    tokens = f"{groups} spectral groups x {side} x {side} patches = {groups * side * side}"
+  model = models.ModelConfig(**cfg)       # as export.load rebuilds it: the token grid is the model's own
+  t, p = model.t_patch_size, model.patch_size
+  groups, side, _ = model.grid
+  tokens = f"{groups} spectral groups x {side} x {side} patches = {model.num_tokens}"
   classes = metadata.get("class_names") or []
   multilabel = pipeline.is_multilabel((metadata.get("data") or {}).get("name", ""))
   rows = [("task", TASKS.get(task, task)),
-          ("encoder", f"ViT, width {cfg.get('embed_dim')}, depth {cfg.get('depth')}, {cfg.get('num_heads')} heads, "
-                      f"MLP ratio {cfg.get('mlp_ratio')}"),
-          ("patch embedding", f"3D: {t} bands x {p} x {p} px" if t and p else None),
+          ("encoder", f"ViT, width {model.embed_dim}, depth {model.depth}, {model.num_heads} heads, "
+                      f"MLP ratio {model.mlp_ratio}"),
+          ("patch embedding", f"3D: {t} bands x {p} x {p} px"),
           ("tokens", tokens),
-          ("decoder", f"width {cfg.get('decoder_embed_dim')}, depth {cfg.get('decoder_depth')}, mask ratio "
+          ("decoder", f"width {model.decoder_embed_dim}, depth {model.decoder_depth}, mask ratio "
                       f"{metadata.get('mask_ratio', 0.9)}" if task == "pretrain" else None),
           ("parameters", f"{metadata['param_count']:,}" if "param_count" in metadata else None),
           ("classes", f"{len(classes)}{' (multi-label, sigmoid)' if multilabel else ''}: {', '.join(classes)}"

@@ -105,7 +105,7 @@ def _product(path: str) -> tuple[datetime.datetime | None, str]:
   xml_path = radiometry_lib.product_metadata(path, required=False)
   if xml_path is not None:
     try:
-      root = ElementTree.parse(xml_path).getroot()
+      root = scene_sources.read_xml(xml_path)
     except (ElementTree.ParseError, OSError):
       root = None   # radiometry reports unreadable metadata; the product name below may still date it
     for element in [] if root is None else root.iter():

@@ -26,10 +26,10 @@ SceneError naming the file.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import os
 import re
+from typing import Sequence
 
 import numpy as np
 from rasterio.enums import Resampling
@@ -134,15 +134,15 @@ class CloudMask:
 
 
 def open_mask(choice: str, classes: Intervals | None, kind: str, scene_path: str, grid: gridded.Grid,
-              buffer: int = 0) -> CloudMask | None:
+              buffer: int = 0, descriptions: Sequence[str] = ()) -> CloudMask | None:
   """The CloudMask `choice` ("off", "auto" or a path) names for a scene of `kind` at `scene_path` on `grid`, its
-  clouds grown by `buffer` output pixels."""
+  clouds grown by `buffer` output pixels; `descriptions` are a raster scene's band descriptions."""
   if int(buffer) != buffer or buffer < 0:
     raise ValueError(f"cloud buffer {buffer}: must be a whole number of pixels >= 0")
   if choice == "off":
-    _hint(kind, scene_path)
+    _hint(kind, scene_path, descriptions)
     return None
-  path = find_mask(kind, scene_path) if choice == "auto" else os.fspath(choice)
+  path = find_mask(kind, scene_path, descriptions) if choice == "auto" else os.fspath(choice)
   if choice != "auto" and not path.startswith("/vsi") and not os.path.isfile(path):
     raise SceneError(f"{path}: no such cloud mask file")
   ds = gridded.open_dataset(path)
@@ -189,18 +189,17 @@ def _no_classes(path: str, classes, what: str) -> None:
     raise SceneError(f"{path}: is {what}; --cloud_classes applies to class-coded masks (SCL or a file of values)")
 
 
-def find_mask(kind: str, scene_path: str) -> str:
-  """The path of the input's own cloud mask (see the module docstring), or a SceneError saying what was looked for."""
+def find_mask(kind: str, scene_path: str, descriptions: Sequence[str] = ()) -> str:
+  """The path of the input's own cloud mask (see the module docstring), or a SceneError saying what was looked for;
+  `descriptions`: the band descriptions of a raster scene."""
   if kind == "stac":
     return _stac_mask(scene_path)
   if kind == "raster":
-    ds = gridded.open_dataset(scene_path)
-    with ds:
-      if {(d or "").strip().upper() for d in ds.descriptions} & {"SCL", "QA60"}:
-        return scene_path
+    if {(d or "").strip().upper() for d in descriptions} & {"SCL", "QA60"}:
+      return scene_path
     raise SceneError(f"{scene_path}: --cloud_mask auto found no band described SCL or QA60; pass --cloud_mask "
                      f"MASK.tif (and --cloud_classes for a mask that is not SCL/MSK_CLASSI/QA60) or off")
-  folder = _granule_img_data(scene_path) if kind == "safe" else scene_path
+  folder = scene_sources.granule_img_data(scene_path) if kind == "safe" else scene_path
   found = _scl_file(folder) or _classi_file(folder)
   if found:
     return found
@@ -210,18 +209,13 @@ def find_mask(kind: str, scene_path: str) -> str:
                    f"pass --cloud_mask MASK.tif or off")
 
 
-def _hint(kind: str, scene_path: str) -> None:
+def _hint(kind: str, scene_path: str, descriptions: Sequence[str]) -> None:
   try:
-    found = find_mask(kind, scene_path)
+    found = find_mask(kind, scene_path, descriptions)
   except SceneError:
     return
   logging.info("%s: has a cloud mask (%s) that is not applied; --cloud_mask auto masks its clouds", scene_path,
                os.path.basename(found))
-
-
-def _granule_img_data(safe: str) -> str:
-  granules = sorted(glob.glob(os.path.join(safe, "GRANULE", "*", "IMG_DATA")))
-  return granules[0] if len(granules) == 1 else safe
 
 
 def _scl_file(folder: str) -> str | None:

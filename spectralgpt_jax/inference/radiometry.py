@@ -132,11 +132,11 @@ def product_metadata(path: str, *, required: bool) -> str | None:
 
 
 def from_product_metadata(xml_path: str) -> Radiometry:
-  """Per-band ADD_OFFSET and the quantification value of a Sentinel-2 product metadata file. ElementTree does not
-  resolve external entities, and the expat it bundles refuses entity-expansion bombs: safe on untrusted files."""
+  """Per-band ADD_OFFSET and the quantification value of a Sentinel-2 product metadata file (parsed safely, see
+  `scene_sources.read_xml`)."""
   name = os.path.basename(xml_path)
   try:
-    root = ElementTree.parse(xml_path).getroot()
+    root = scene_sources.read_xml(xml_path)
   except (ElementTree.ParseError, OSError) as e:
     raise SceneError(f"{xml_path}: not readable Sentinel-2 product metadata ({one_line(e)})") from None
   by_tag: dict[str, list] = {}

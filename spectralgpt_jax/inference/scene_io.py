@@ -190,10 +190,13 @@ def open_scene(path: str, *, bands: Sequence[str] | None = None, grid: Scene | N
     scene.radiometry = radiometry_lib.for_scene(harmonize, scene.kind, scene.source, scene.bands,
                                                 scene.gdal_scaling())
     on = gridded.Grid(scene.crs, scene.transform, scene.width, scene.height)
-    scene.clouds = clouds_lib.open_mask(cloud_mask, cloud_classes, scene.kind, scene.source, on, cloud_buffer)
     sources = scene._unique_sources()
-    scene.acquired, scene.acquired_from = acquisition.for_scene(
-        scene.kind, scene.source, [s.path for s in sources], [(s.owned or [s.dataset])[0] for s in sources])
+    files = [(s.owned or [s.dataset])[0] for s in sources]      # the datasets as opened (under any warp)
+    descriptions = files[0].descriptions if scene.kind == "raster" else ()
+    scene.clouds = clouds_lib.open_mask(cloud_mask, cloud_classes, scene.kind, scene.source, on, cloud_buffer,
+                                        descriptions)
+    scene.acquired, scene.acquired_from = acquisition.for_scene(scene.kind, scene.source, [s.path for s in sources],
+                                                                files)
   except BaseException:
     scene.close()
     raise

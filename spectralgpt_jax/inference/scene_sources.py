@@ -7,9 +7,12 @@ SceneError whose one-line message names the offending file or folder.
 
 from __future__ import annotations
 
+import copy
+import functools
 import glob
 import json
 import os
+import xml.etree.ElementTree as ElementTree
 
 from rasterio.enums import ColorInterp
 
@@ -71,13 +74,18 @@ def folder_bands(folder: str) -> dict[str, str]:
 
 def safe_bands(safe: str) -> dict[str, str]:
   """The band files of a Sentinel-2 L1C or L2A product (the .SAFE directory), each at its native resolution."""
+  return folder_bands(granule_img_data(safe))
+
+
+def granule_img_data(safe: str) -> str:
+  """The IMG_DATA folder of a .SAFE product's one granule."""
   granules = sorted(glob.glob(os.path.join(safe, "GRANULE", "*", "IMG_DATA")))
   if not granules:
     raise SceneError(f"{safe}: no GRANULE/*/IMG_DATA folder; not a complete Sentinel-2 .SAFE product")
   if len(granules) > 1:
     raise SceneError(f"{safe}: holds {len(granules)} granules (an old multi-tile product); pass one granule's "
                      f"IMG_DATA folder instead")
-  return folder_bands(granules[0])
+  return granules[0]
 
 
 def _l2a_bands(img_data: str) -> dict[str, str]:
@@ -145,15 +153,36 @@ def stac_assets(item_path: str) -> tuple[dict, dict[str, dict]]:
 
 
 def read_stac_item(item_path: str) -> dict:
-  """A local STAC item JSON, checked to be an object with an 'assets' object."""
+  """A local STAC item JSON, checked to be an object with an 'assets' object. Bands, radiometry, clouds and the
+  acquisition time all read the item when a scene opens: the same bytes are parsed once (a copy is returned, so no
+  caller sees another's changes)."""
   try:
-    with open(item_path, encoding="utf-8") as f:
-      item = json.load(f)
+    with open(item_path, "rb") as f:
+      data = f.read()
+    item = _parsed_json(data)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise SceneError(f"{item_path}: not a readable STAC item JSON ({type(e).__name__}: {e})") from None
   if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
     raise SceneError(f"{item_path}: not a STAC item (no 'assets' object)")
-  return item
+  return copy.deepcopy(item)
+
+
+def read_xml(path: str) -> ElementTree.Element:
+  """The root of an XML file (product metadata); the same bytes are parsed once (radiometry and the acquisition time
+  both read it), so callers must not modify it. ElementTree does not resolve external entities, and the expat it
+  bundles refuses entity-expansion bombs: safe on untrusted files. Raises ElementTree.ParseError / OSError."""
+  with open(path, "rb") as f:
+    return _parsed_xml(f.read())
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_json(data: bytes):
+  return json.loads(data.decode("utf-8"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_xml(data: bytes) -> ElementTree.Element:
+  return ElementTree.fromstring(data)
 
 
 def _eo_band(asset: dict) -> str | None:
