@@ -38,8 +38,9 @@ HARMONIZE_HELP = ("how stored DN become the encoding SpectralGPT was trained on 
 
 
 CLOUD_MASK_HELP = ("pixels a cloud mask flags become nodata: off (default), auto = the input's own mask (.SAFE: "
-                   "L2A SCL, else QI_DATA/MSK_CLASSI_B00; band folder: its *_SCL* file; STAC: the scl asset; "
-                   "GeoTIFF: its band described SCL or QA60), or a mask raster file")
+                   "L2A SCL, else QI_DATA/MSK_CLASSI_B00, else the older MSK_CLOUDS_B00.gml; band folder: its "
+                   "*_SCL* file; STAC: the scl asset; GeoTIFF: its band described SCL or QA60), or a mask raster "
+                   "or Sentinel-2 GML file")
 CLOUD_CLASSES_HELP = ("values of the cloud mask that are cloud: SCL default 3,8,9,10 (cloud shadows, medium and high "
                       "probability, cirrus); required for a mask file that is not SCL/MSK_CLASSI/QA60, e.g. 1 or "
                       "40-100")

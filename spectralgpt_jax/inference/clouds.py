@@ -6,16 +6,18 @@ counts as cloud is an analysis choice); `open_mask(choice, ...)` takes
 
   "off"   no mask (the log says when the input has one that `auto` would use);
   "auto"  the input's own mask, and an error if it has none: a .SAFE (or a folder inside one) -> L2A's SCL
-          (R20m), else the MSK_CLASSI_B00 raster in the granule's QI_DATA (L1C and L2A since baseline 04.00); a
-          band folder -> its *_SCL* file; a STAC item -> its `scl` asset; a multi-band raster -> its band described
-          SCL or QA60 (an Earth Engine export);
-  a path  any raster that lies over the scene (another CRS or resolution is fine).
+          (R20m), else the MSK_CLASSI_B00 raster in the granule's QI_DATA (L1C and L2A since baseline 04.00), else
+          its vector mask MSK_CLOUDS_B00.gml (L1C before 04.00; `cloud_polygons`); a band folder -> its *_SCL*
+          file; a STAC item -> its `scl` asset; a multi-band raster -> its band described SCL or QA60 (an
+          Earth Engine export);
+  a path  any raster that lies over the scene (another CRS or resolution is fine), or a Sentinel-2 GML mask.
 
 How a mask says "cloud" (`CloudRule`), decided by its name or band description:
   SCL         scene classification classes; by default 3 cloud shadows, 8 cloud medium probability, 9 cloud high
               probability, 10 thin cirrus (`classes=` / --cloud_classes chooses others, e.g. add 1 saturated or
               defective, 11 snow);
   MSK_CLASSI  band 1 opaque clouds or band 2 cirrus set (band 3, snow and ice, is not cloud);
+  MSK_CLOUDS  inside an OPAQUE or CIRRUS polygon of the GML mask (a pixel whose centre is inside);
   QA60        bit 10 opaque clouds or bit 11 cirrus;
   other       a single-band raster whose cloud values `classes` names (required): "1" for a binary mask,
               "40-100" for a cloud probability in percent (L2A's MSK_CLDPRB, s2cloudless x 100).
@@ -35,7 +37,7 @@ import numpy as np
 from rasterio.enums import Resampling
 from scipy import ndimage
 
-from spectralgpt_jax.inference import gridded, scene_sources
+from spectralgpt_jax.inference import cloud_polygons, gridded, scene_sources
 from spectralgpt_jax.inference.scene_sources import SceneError
 
 SCL_CLASSES = {0: "no data", 1: "saturated or defective", 2: "dark area or topographic shadow", 3: "cloud shadows",
@@ -46,6 +48,8 @@ QA60_BITS = (10, 11)       # opaque clouds, cirrus
 CLASSI_BANDS = (1, 2)      # opaque clouds, cirrus (band 3 is snow and ice)
 _SCL = re.compile(r"(?<![A-Za-z0-9])SCL(?![A-Za-z])", re.IGNORECASE)
 _CLASSI = re.compile(r"^MSK_CLASSI", re.IGNORECASE)
+# MSK_CLOUDS_B00.gml; in products of format 13 and older S2A_OPER_MSK_CLOUDS_SGS__<date>_<orbit>_<tile>_B00_MSIL1C.gml
+_GML_MASK = re.compile(r"(.*_)?MSK_CLOUDS(_.*)?_B00(_.*)?\.gml", re.IGNORECASE)
 _QA60 = re.compile(r"(?<![A-Za-z0-9])QA60(?![A-Za-z0-9])", re.IGNORECASE)
 
 Intervals = tuple[tuple[float, float], ...]
@@ -99,6 +103,8 @@ class CloudRule:
       return f"SCL classes {_text(self.values)} ({', '.join(named) or 'none of the SCL classes 0-11'})"
     if self.name == "MSK_CLASSI":
       return "MSK_CLASSI opaque clouds or cirrus"
+    if self.name == "MSK_CLOUDS":
+      return "MSK_CLOUDS opaque cloud and cirrus polygons"
     if self.name == "QA60":
       return "QA60 bits 10 (opaque clouds) or 11 (cirrus)"
     return f"values {_text(self.values)}" + (f" of band {self.bands[0]}" if self.bands != (1,) else "")
@@ -145,6 +151,10 @@ def open_mask(choice: str, classes: Intervals | None, kind: str, scene_path: str
   path = find_mask(kind, scene_path, descriptions) if choice == "auto" else os.fspath(choice)
   if choice != "auto" and not path.startswith("/vsi") and not os.path.isfile(path):
     raise SceneError(f"{path}: no such cloud mask file")
+  if cloud_polygons.is_vector_mask(path):
+    _no_classes(path, classes, "a vector (GML) cloud mask")
+    rule = CloudRule("MSK_CLOUDS", (1,), values=((1.0, 1.0),))
+    return CloudMask(path, rule, cloud_polygons.PolygonSource(path, grid, scene_path), buffer)
   ds = gridded.open_dataset(path)
   try:
     rule = rule_for(path, ds, classes)
@@ -200,13 +210,11 @@ def find_mask(kind: str, scene_path: str, descriptions: Sequence[str] = ()) -> s
     raise SceneError(f"{scene_path}: --cloud_mask auto found no band described SCL or QA60; pass --cloud_mask "
                      f"MASK.tif (and --cloud_classes for a mask that is not SCL/MSK_CLASSI/QA60) or off")
   folder = scene_sources.granule_img_data(scene_path) if kind == "safe" else scene_path
-  found = _scl_file(folder) or _classi_file(folder)
+  found = _scl_file(folder) or _granule_file(folder, "MSK_CLASSI_B00.jp2") or _granule_file(folder, _GML_MASK)
   if found:
     return found
-  gml = _granule_file(folder, "MSK_CLOUDS_B00.gml")
-  old = (f"; its vector mask {os.path.basename(gml)} (products before baseline 04.00) is not read" if gml else "")
-  raise SceneError(f"{scene_path}: --cloud_mask auto found no SCL file and no QI_DATA/MSK_CLASSI_B00 raster{old}; "
-                   f"pass --cloud_mask MASK.tif or off")
+  raise SceneError(f"{scene_path}: --cloud_mask auto found no SCL file and no QI_DATA/MSK_CLASSI_B00 raster or "
+                   f"MSK_CLOUDS_B00 GML; pass --cloud_mask MASK.tif or off")
 
 
 def _hint(kind: str, scene_path: str, descriptions: Sequence[str]) -> None:
@@ -231,17 +239,16 @@ def _scl_file(folder: str) -> str | None:
   return None
 
 
-def _classi_file(folder: str) -> str | None:
-  return _granule_file(folder, "MSK_CLASSI_B00.jp2")
-
-
-def _granule_file(folder: str, name: str) -> str | None:
-  """QI_DATA/`name` of the granule `folder` is (or lies in: IMG_DATA, IMG_DATA/R20m), if it exists."""
+def _granule_file(folder: str, pattern: "str | re.Pattern") -> str | None:
+  """The file in QI_DATA matching `pattern` (a name or a regular expression) of the granule `folder` is (or lies
+  in: IMG_DATA, IMG_DATA/R20m), if there is one."""
   here = os.path.abspath(folder)
   for _ in range(3):
-    candidate = os.path.join(here, "QI_DATA", name)
-    if os.path.isfile(candidate):
-      return candidate
+    qi_data = os.path.join(here, "QI_DATA")
+    if os.path.isdir(qi_data):
+      for name in sorted(os.listdir(qi_data)):
+        if (name == pattern if isinstance(pattern, str) else pattern.fullmatch(name)):
+          return os.path.join(qi_data, name)
     here = os.path.dirname(here)
   return None
 
