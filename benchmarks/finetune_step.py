@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step_timing  # noqa: E402
 
 from spectralgpt_jax import tasks  # noqa: E402
+from spectralgpt_jax.train import freezing  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,13 +73,15 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,model sizes (one may be -1)")
+  parser.add_argument("--freeze", default="", help="config.optimizer.freeze, e.g. encoder (linear probe)")
   step_timing.add_speed_flags(parser)
   args = parser.parse_args()
   task, model_cfg, opt_cfg, batch = setup(args)
   result = step_timing.time_step(task, model_cfg, opt_cfg, batch, mesh_text=args.mesh,
-                                 num_steps=args.steps, peak_tflops=args.peak_tflops)
+                                 num_steps=args.steps, peak_tflops=args.peak_tflops,
+                                 freeze=freezing.parse(args.freeze))
   print(json.dumps({"task": args.task, "model": task.config.model.name, "size": args.model.upper(),
-                    "batch": args.batch, "dtype": args.dtype, **result}))
+                    "batch": args.batch, "dtype": args.dtype, "freeze": args.freeze, **result}))
 
 
 if __name__ == "__main__":

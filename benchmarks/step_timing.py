@@ -41,15 +41,16 @@ def speed_overrides(args) -> dict:
               grad_fence=args.grad_fence)
 
 
-def compile_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str):
-  """The task's train step compiled as main.py compiles it: (compiled, state, device batch, memory, compile_s, mesh)."""
+def compile_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, freeze: tuple[str, ...] = ()):
+  """The task's train step compiled as main.py compiles it: (compiled, state, device batch, memory, compile_s, mesh);
+  `freeze`: the patterns of config.optimizer.freeze."""
   mesh = sharding.make_mesh(parse_mesh(mesh_text))
   batch_sharding = sharding.batch_sharding(mesh)
   schedule = optim.warmup_half_cosine(1e-4, total_steps=1000, warmup_steps=10)
   tx = optim.make_optimizer(opt_cfg, schedule, depth=model_cfg.depth)
-  sharded = state_lib.create_sharded(model_cfg, tx, mesh, seed=0)
+  sharded = state_lib.create_sharded(model_cfg, tx, mesh, seed=0, freeze=freeze)
   step_fn = functools.partial(steps.train_step, sharded.graphdef, jax.random.key(0), schedule,
-                              steps.StepConfig(task=task), batch_sharding)
+                              steps.StepConfig(task=task, freeze=freeze), batch_sharding)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
   start = time.perf_counter()
   compiled, memory = steps.compile_train_step(step_fn, sharded.state, sharded.shardings, batch, batch_sharding)
@@ -57,9 +58,11 @@ def compile_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str):
 
 
 def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_steps: int,
-              mask_ratio: float = 0.9, peak_tflops: float = 0.0) -> dict:
+              mask_ratio: float = 0.9, peak_tflops: float = 0.0, freeze: tuple[str, ...] = ()) -> dict:
   """Compile and time one task's train step on `batch` (host arrays); returns the JSON fields."""
-  compiled, state, batch, memory, compile_s, mesh = compile_step(task, model_cfg, opt_cfg, batch, mesh_text=mesh_text)
+  compiled, state, batch, memory, compile_s, mesh = compile_step(task, model_cfg, opt_cfg, batch, mesh_text=mesh_text,
+                                                                 freeze=freeze)
+  trained = state_lib.trained_layers(state, freeze, model_cfg.depth)
   state, metrics = compiled(state, batch)   # warm-up
   jax.block_until_ready(metrics)
   times = []
@@ -71,10 +74,10 @@ def time_step(task, model_cfg, opt_cfg, batch: dict, *, mesh_text: str, num_step
 
   n = next(iter(batch.values())).shape[0]
   median = statistics.median(times)
-  flops = train_step_flops(model_cfg, mask_ratio)
+  flops = train_step_flops(model_cfg, mask_ratio, trained)
   device = jax.devices()[0]
   stats = throughput.step_stats(model_cfg, batch_size=n, step_s=median, mask_ratio=mask_ratio,
-                                devices=list(mesh.devices.flat), override_tflops=peak_tflops)
+                                devices=list(mesh.devices.flat), override_tflops=peak_tflops, trained_layers=trained)
   return {
       "mesh": dict(mesh.shape), "steps": num_steps, "step_s_median": round(median, 4),
       "step_s_min": round(min(times), 4), **{k: round(v, 4) for k, v in stats.items()},

@@ -7,7 +7,7 @@ A config file's `get_config(arg)` starts from `base(task)`, then sets its recipe
   batch_size (global, per optimizer update), eval_batch_size, total_steps | total_epochs, warmup_steps |
   warmup_epochs, num_train_examples (0: ask the data layer)
   optimizer.{blr, lr, min_lr, b1, b2, eps, weight_decay, clip_grad_norm, accum_steps, schedule, layer_decay,
-             decay_1d, decay_pos_embed, poly_power, warmup_start, decay_rate}
+             decay_1d, decay_pos_embed, poly_power, warmup_start, decay_rate, freeze}
   compute_dtype, skip_nonfinite, mesh.{data, fsdp, model}, peak_tflops
   log_every, checkpoint_every, keep_checkpoints, async_checkpoints, eval_every, image_every, num_preview
   init_from, strict_init, strict_resume, export, progress_bar, tensorboard
@@ -90,7 +90,9 @@ def base(task: str) -> ml_collections.ConfigDict:
       decay_1d=False,               # weight decay also on biases / norm scales (the dense-task reference)
       decay_pos_embed=True,         # weight decay on position embeddings (pretraining yes, fine-tuning no)
       poly_power=0.9, warmup_start=1e-3,   # schedule="poly": lr factor (1 - progress) ** power, warmup from 1e-3
-      decay_rate=0.95))             # schedule="exponential": lr * decay_rate ** epoch
+      decay_rate=0.95,              # schedule="exponential": lr * decay_rate ** epoch
+      freeze=""))                   # params kept fixed: comma-separated name patterns, e.g. "encoder" (linear
+                                    # probe / frozen backbone); see spectralgpt_jax/train/freezing.py
   c.compute_dtype = "bfloat16"      # matmul dtype; params, optimizer state and loss stay float32
   c.skip_nonfinite = False          # False: stop with the step number; True: skip such updates and continue
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))   # one axis may be -1 (= the rest)

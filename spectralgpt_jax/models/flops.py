@@ -2,9 +2,13 @@
 
 Used for benchmarks and MFU. Elementwise ops, LayerNorm/GroupNorm, softmax, pooling and bilinear resizes are
 ignored (<2 % for ViT-B/8 at 1024 tokens).
-A training step is counted as 3x the forward pass (backward = 2x forward), the usual convention.
+A training step is counted as 3x the forward pass (backward = 2x forward), the usual convention. With frozen
+parameters (`config.optimizer.freeze`) a layer costs 1x forward, plus 1x for the activation gradient when a trained
+layer lies below it (nearer the input), plus 1x for the weight gradient when it trains itself.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 from spectralgpt_jax.models.config import DENSE_KINDS, ModelConfig
 from spectralgpt_jax.models.mae import num_kept
@@ -67,11 +71,31 @@ def dense_forward_flops(cfg: ModelConfig) -> int:
   return images * encoder_flops(cfg) + (images - 1) * 2 * h * w * cfg.embed_dim * t + dense_head_flops(cfg)
 
 
-def train_step_flops(cfg: ModelConfig, mask_ratio: float = 0.9) -> int:
+def forward_flops(cfg: ModelConfig, mask_ratio: float = 0.9) -> int:
   if cfg.kind == "mae":
-    forward = mae_forward_flops(cfg, mask_ratio)
-  elif cfg.kind in DENSE_KINDS:
-    forward = dense_forward_flops(cfg)
-  else:
-    forward = vit_forward_flops(cfg)
-  return 3 * forward
+    return mae_forward_flops(cfg, mask_ratio)
+  if cfg.kind in DENSE_KINDS:
+    return dense_forward_flops(cfg)
+  return vit_forward_flops(cfg)
+
+
+def layer_forward_flops(cfg: ModelConfig, mask_ratio: float = 0.9) -> list[int]:
+  """Forward FLOPs per layer id (as `train.optim.layer_id`): 0 the patch embedding, i + 1 encoder block i, depth + 1
+  everything after the encoder (MAE decoder, classifier head, dense neck and head); they sum to forward_flops."""
+  images = 2 if cfg.kind == "cd" else 1
+  tokens = num_kept(cfg.num_tokens, mask_ratio) if cfg.kind == "mae" else cfg.num_tokens
+  embed = images * 2 * cfg.num_tokens * cfg.patch_dim * cfg.embed_dim
+  blocks = [images * block_flops(tokens, cfg.embed_dim, cfg.mlp_ratio)] * cfg.depth
+  return [embed, *blocks, forward_flops(cfg, mask_ratio) - embed - sum(blocks)]
+
+
+def train_step_flops(cfg: ModelConfig, mask_ratio: float = 0.9, trained_layers: Sequence[bool] | None = None) -> int:
+  """FLOPs of one training step for one example; `trained_layers[i]`: whether layer id i has trained parameters
+  (None: all of them, 3x the forward pass)."""
+  if trained_layers is None:
+    return 3 * forward_flops(cfg, mask_ratio)
+  layers = layer_forward_flops(cfg, mask_ratio)
+  if len(trained_layers) != len(layers):
+    raise ValueError(f"trained_layers has {len(trained_layers)} entries; the model has {len(layers)} layer ids")
+  lowest = next((i for i, trained in enumerate(trained_layers) if trained), len(layers))
+  return sum(layers) + sum(layers[lowest:]) + sum(f for f, trained in zip(layers, trained_layers) if trained)

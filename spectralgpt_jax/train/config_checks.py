@@ -21,7 +21,7 @@ TOP_KEYS = {
 }
 OPTIMIZER_KEYS = {"blr", "lr", "min_lr", "b1", "b2", "eps", "weight_decay", "clip_grad_norm", "accum_steps",
                   "schedule", "layer_decay", "decay_1d", "decay_pos_embed", "poly_power", "warmup_start",
-                  "decay_rate"}
+                  "decay_rate", "freeze"}
 MODEL_EXTRA_KEYS = {"name", "mask_ratio"}
 MODES = ("train", "eval")
 # Fields of ModelConfig that the training config sets elsewhere (kind is fixed by the task, dtype = compute_dtype).
@@ -44,6 +44,7 @@ class Plan:
   steps_per_epoch: float | None
   peak_lr: float
   micro_batch: int
+  freeze: tuple[str, ...] = ()   # config.optimizer.freeze, parsed (train/freezing.py)
 
 
 def _unknown(keys, known, where: str) -> None:
@@ -129,8 +130,10 @@ def check(config, *, device_count: int, process_count: int = 1, num_train_exampl
   if peak_lr <= 0:
     raise ConfigError("config.optimizer.blr / config.optimizer.lr: one must be > 0")
   _check_optimizer(opt, steps_per_epoch)
+  from spectralgpt_jax.train import freezing     # here: freezing raises this module's ConfigError
   return Plan(task=task, mesh_shape=mesh_shape, model=model, total_steps=total_steps, warmup_steps=warmup,
-              steps_per_epoch=steps_per_epoch, peak_lr=peak_lr, micro_batch=micro)
+              steps_per_epoch=steps_per_epoch, peak_lr=peak_lr, micro_batch=micro,
+              freeze=freezing.parse(opt.get("freeze", "")))
 
 
 def _check_batches(config, mesh_shape, process_count: int, evaluating: bool) -> int:

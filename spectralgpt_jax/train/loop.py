@@ -106,10 +106,14 @@ def setup(config, workdir: str, make_iterator: Callable[..., Iterator] | None = 
     logging.info("%d steps, peak lr %.3g (%s), warmup %.1f steps, %d micro-batch(es) of %d", plan.total_steps,
                  plan.peak_lr, config.optimizer.get("schedule", "cosine"), plan.warmup_steps,
                  config.optimizer.accum_steps, plan.micro_batch)
-  sharded = state_lib.create_sharded(plan.model, tx, mesh, config.seed)
+  sharded = state_lib.create_sharded(plan.model, tx, mesh, config.seed, freeze=plan.freeze)
   num_params = state_lib.param_count(sharded.state)
   logging.info("model %s: %s parameters (%s)", config.model.name, f"{num_params:,}",
                ", ".join(f"{k} {v:,}" for k, v in state_lib.param_overview(sharded.state)))
+  if plan.freeze:
+    frozen = state_lib.frozen_count(sharded.state, plan.freeze)
+    logging.info("config.optimizer.freeze=%r: %s parameters frozen, %s trained", ",".join(plan.freeze),
+                 f"{frozen:,}", f"{num_params - frozen:,}")
   sharding.log_layout(sharded.abstract(), sharded.shardings, limit=40)
 
   make_iterator = make_iterator or plan.task.iterator
@@ -239,13 +243,15 @@ def _throughput(r: Run) -> Callable[[float], dict[str, float]]:
   config, devices = r.config, list(r.mesh.devices.flat)
   override, mask_ratio = config.get("peak_tflops", 0.0), config.model.get("mask_ratio", 0.9)
   peak = throughput.peak_tflops(devices[0], r.plan.model.dtype, override)
-  flops = train_step_flops(r.plan.model, mask_ratio) * config.batch_size
-  logging.info("train step: %.3g model TFLOP (analytic, forward + backward); MFU %s", flops / 1e12,
+  trained = state_lib.trained_layers(r.sharded.abstract(), r.plan.freeze, r.plan.model.depth)
+  flops = train_step_flops(r.plan.model, mask_ratio, trained) * config.batch_size
+  logging.info("train step: %.3g model TFLOP (analytic, forward + backward%s); MFU %s", flops / 1e12,
+               ", no backward below the lowest trained layer" if trained else "",
                f"against a peak of {peak:g} TFLOP/s per device" if peak else
                f"not logged: no peak known for {devices[0].device_kind!r} (set --config.peak_tflops)")
   return lambda step_s: throughput.step_stats(r.plan.model, batch_size=config.batch_size, step_s=step_s,
                                               mask_ratio=mask_ratio, devices=devices,
-                                              override_tflops=override)
+                                              override_tflops=override, trained_layers=trained)
 
 
 def _previews(r: Run, first_batch) -> Callable[[nnx.State, int], None] | None:
@@ -283,7 +289,7 @@ def train(r: Run) -> dict[str, Any]:
     _close_run(r)
     return {**summary, "final_step": r.start_step}
 
-  step_cfg = steps.StepConfig(task=task, accum_steps=config.optimizer.accum_steps)
+  step_cfg = steps.StepConfig(task=task, accum_steps=config.optimizer.accum_steps, freeze=r.plan.freeze)
   batch = next(r.train_iter)       # the first batch of this run, also the compile example
   _warn_slow_cpu_bfloat16(r)
   compiled_step, memory = steps.compile_train_step(
@@ -368,6 +374,10 @@ def _export(r: Run, state, step: int) -> None:
     return
   training = {"init_from": config.init_from or None, "steps": r.plan.total_steps, "batch_size": config.batch_size,
               "optimizer": _optimizer_line(config.optimizer, r.plan.peak_lr), "seed": config.seed}
+  if r.plan.freeze:
+    frozen = state_lib.frozen_count(state, r.plan.freeze)
+    training["frozen"] = (f"{','.join(r.plan.freeze)} ({frozen:,} of {state_lib.param_count(state):,} parameters "
+                          f"kept as initialised)")
   evaluated = _final_evaluation(r.workdir, step)
   metadata = export.make_metadata(config.model.name, r.plan.model, bands=list(_bands(config)), source=r.workdir,
                                   step=step, data=json.loads(config.data.to_json_best_effort()), training=training,

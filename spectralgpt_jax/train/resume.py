@@ -22,7 +22,9 @@ from spectralgpt_jax.train import checkpointing, config_checks
 
 # What defines the state and the experiment of a run (schedule, logging and eval settings may change on resume,
 # and so may how the blocks are computed: another implementation of the same maths, e.g. on other hardware).
-IDENTITY_PREFIXES = ("task", "model.", "data.name")
+IDENTITY_PREFIXES = ("task", "model.", "data.name", "optimizer.freeze")   # freeze: which params have moments
+# Keys added after runs were started: a config.json without them was made with these values.
+ADDED_DEFAULTS = {"optimizer.freeze": ""}
 NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk", "model.remat", "model.scan_blocks",
                 "model.grad_fence")
 
@@ -34,7 +36,7 @@ def _identity(flat: dict[str, object]) -> dict[str, object]:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """'config.key=now (the run was started with before)' for every identity key that differs."""
-  old, new = _identity(checkpointing.flatten(saved, sep=".")), _identity(checkpointing.flatten(current, sep="."))
+  old, new = (_identity({**ADDED_DEFAULTS, **checkpointing.flatten(config, sep=".")}) for config in (saved, current))
   out = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
@@ -47,12 +49,17 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 def check_same_run(workdir: str, config, ckpt_dir: str, step: int, sharded, *, strict: bool = True) -> None:
   """Raise ConfigError if `workdir` was started with another task / model / dataset, or if its checkpoint's
-  parameter shapes do not fit the model."""
+  parameter shapes do not fit the model, or (whatever `strict`) if it froze other parameters."""
   path = epath.Path(workdir) / "config.json"
   if path.exists():
     saved = json.loads(path.read_text())
     current = json.loads(config.to_json_best_effort())
     diffs = config_differences(saved, current)
+    frozen = [d for d in diffs if d.startswith("config.optimizer.freeze=")]
+    if frozen:     # no setting can restore Adam moments of other parameters
+      raise config_checks.ConfigError(
+          f"--workdir={workdir}: {frozen[0]}; its checkpoints hold optimizer moments for other parameters. Use a new "
+          f"--workdir (with --config.init_from={workdir} to start from its weights) or the run's freeze")
     if diffs and strict:
       raise config_checks.ConfigError(
           f"--workdir={workdir} holds a run of another configuration ({path}): {'; '.join(diffs)}. Use a new "

@@ -16,14 +16,17 @@ import optax
 from flax import nnx
 
 from spectralgpt_jax import models, sharding
+from spectralgpt_jax.train import freezing
 
 
 class TrainState(nnx.Module):
-  """The whole mutable training state. `optimizer.step` counts optimizer updates = train steps."""
+  """The whole mutable training state. `optimizer.step` counts optimizer updates = train steps. The optimizer
+  holds moments for the trainable parameters only: those `freeze` (train/freezing.py) does not name."""
 
-  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
+  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, freeze: tuple[str, ...] = ()):
+    freezing.check(freeze, param_names({"model": nnx.state(model)}))
     self.model = model
-    self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    self.optimizer = nnx.Optimizer(model, tx, wrt=freezing.trainable(freeze))
 
 
 class ModelState(nnx.Module):
@@ -46,11 +49,11 @@ class ShardedState:
 
 
 def _layout(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None, mesh: jax.sharding.Mesh,
-            seed: int) -> tuple[Callable[[], nnx.Module], ShardedState]:
+            seed: int, freeze: tuple[str, ...] = ()) -> tuple[Callable[[], nnx.Module], ShardedState]:
   """The init function and a ShardedState whose `state` is still abstract (eval_shape leaves), with its shardings."""
   def init() -> nnx.Module:
     model = models.build_from_config(model_cfg, seed=seed)
-    return ModelState(model) if tx is None else TrainState(model, tx)
+    return ModelState(model) if tx is None else TrainState(model, tx, freeze)
 
   abstract = nnx.eval_shape(init)
   graphdef, abstract_state = nnx.split(abstract)     # the only split: the graphdef is reused by every step
@@ -59,19 +62,20 @@ def _layout(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | No
 
 
 def create_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None, mesh: jax.sharding.Mesh,
-                   seed: int) -> ShardedState:
-  """A TrainState (or, with `tx=None`, a ModelState) whose arrays are created directly on their devices."""
-  init, layout = _layout(model_cfg, tx, mesh, seed)
+                   seed: int, freeze: tuple[str, ...] = ()) -> ShardedState:
+  """A TrainState (or, with `tx=None`, a ModelState) whose arrays are created directly on their devices; `freeze`:
+  the patterns of `config.optimizer.freeze` (parsed)."""
+  init, layout = _layout(model_cfg, tx, mesh, seed, freeze)
   state = jax.jit(lambda: nnx.state(init()), out_shardings=layout.shardings)()
   return dataclasses.replace(layout, state=state)
 
 
 def abstract_sharded(model_cfg: models.ModelConfig, tx: optax.GradientTransformation | None,
-                     mesh: jax.sharding.Mesh) -> ShardedState:
+                     mesh: jax.sharding.Mesh, freeze: tuple[str, ...] = ()) -> ShardedState:
   """The same state as `create_sharded` with ShapeDtypeStructs (carrying the shardings) for arrays: nothing is
   allocated, so a step can be compiled ahead of time for devices this process cannot touch (a TPU topology from a
   CPU host, benchmarks/memory_plan.py)."""
-  _, layout = _layout(model_cfg, tx, mesh, seed=0)
+  _, layout = _layout(model_cfg, tx, mesh, seed=0, freeze=freeze)
   return dataclasses.replace(layout, state=layout.abstract())
 
 
@@ -82,6 +86,22 @@ def model_params(state: nnx.State) -> nnx.State:
 
 def param_count(state: nnx.State) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model_params(state)))
+
+
+def param_names(state: nnx.State) -> list[str]:
+  """The '/'-joined names of the model's parameters (e.g. "encoder/blocks/0/attn/q/kernel")."""
+  return [param_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(model_params(state))[0]]
+
+
+def trained_layers(state: nnx.State, freeze: tuple[str, ...], depth: int) -> list[bool] | None:
+  """Per layer id, whether it trains under `freeze` (for the step's FLOP count); None when nothing is frozen."""
+  return freezing.trained_layers(param_names(state), freeze, depth)
+
+
+def frozen_count(state: nnx.State, freeze: tuple[str, ...]) -> int:
+  """How many of the model's parameter values `freeze` holds fixed."""
+  return sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_flatten_with_path(model_params(state))[0]
+             if freezing.is_frozen(param_name(path), freeze))
 
 
 def param_overview(state: nnx.State) -> list[tuple[str, int]]:

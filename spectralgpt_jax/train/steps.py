@@ -27,12 +27,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from spectralgpt_jax import sharding
+from spectralgpt_jax.train import freezing
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   task: Any                                # a spectralgpt_jax.tasks.base.Task
   accum_steps: int = 1
+  freeze: tuple[str, ...] = ()             # config.optimizer.freeze, parsed: these params get no gradient
   data_axes: tuple[str, ...] = sharding.BATCH_AXES
 
 
@@ -55,7 +57,8 @@ def train_step(graphdef: nnx.GraphDef, base_key: jax.Array, schedule: Callable, 
   step = ts.optimizer.step[...]
   prepare_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, step))
   batch = cfg.task.prepare(batch, prepare_key, batch_sharding)
-  model_def, params, rest = nnx.split(ts.model, nnx.Param, ...)
+  # Differentiate the trainable params only: frozen ones ride in `rest`, so XLA computes none of their gradients.
+  model_def, params, rest = nnx.split(ts.model, freezing.trainable(cfg.freeze), ...)
   metric_keys = ("loss",) + tuple(k for k in cfg.task.train_metrics if k != "loss")
 
   def loss_fn(params, micro_batch, key):

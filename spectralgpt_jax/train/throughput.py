@@ -50,10 +50,12 @@ def tokens_per_example(cfg: ModelConfig) -> int:
 
 
 def step_stats(cfg: ModelConfig, *, batch_size: int, step_s: float, mask_ratio: float = 0.9,
-               devices: list | None = None, override_tflops: float = 0.0) -> dict[str, float]:
-  """img_per_s, tokens_per_s, model_tflops_per_s (per device) and, when the peak is known, mfu."""
+               devices: list | None = None, override_tflops: float = 0.0,
+               trained_layers: list[bool] | None = None) -> dict[str, float]:
+  """img_per_s, tokens_per_s, model_tflops_per_s (per device) and, when the peak is known, mfu; `trained_layers`:
+  see `train_step_flops` (frozen parameters)."""
   devices = devices if devices is not None else jax.devices()
-  flops = train_step_flops(cfg, mask_ratio) * batch_size
+  flops = train_step_flops(cfg, mask_ratio, trained_layers) * batch_size
   stats = {"img_per_s": batch_size / step_s, "tokens_per_s": batch_size * tokens_per_example(cfg) / step_s,
            "model_tflops_per_s": flops / step_s / len(devices) / 1e12}
   peak = peak_tflops(devices[0], cfg.dtype, override_tflops)
