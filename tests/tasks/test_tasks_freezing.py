@@ -1,4 +1,5 @@
 """Frozen parameters (config.optimizer.freeze): a linear probe / frozen backbone trains only what is not frozen."""
+import dataclasses
 import functools
 import json
 
@@ -23,13 +24,13 @@ def _names(tree) -> dict[str, np.ndarray]:
   return {state_lib.param_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _one_step(task, cfg, mesh, batch, freeze):
+def _one_step(task, cfg, mesh, batch, freeze, accum_steps=1):
   tx = optim.make_optimizer(OPT, SCHEDULE, depth=cfg.depth)
   sharded = state_lib.create_sharded(cfg, tx, mesh, seed=0, freeze=freeze)
   initial = _names(jax.device_get(state_lib.model_params(sharded.state)))
   batch_sharding = sharding.batch_sharding(mesh)
   fn = functools.partial(steps.train_step, sharded.graphdef, jax.random.key(0), SCHEDULE,
-                         steps.StepConfig(task=task, freeze=freeze), batch_sharding)
+                         steps.StepConfig(task=task, freeze=freeze, accum_steps=accum_steps), batch_sharding)
   device_batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
   compiled, _ = steps.compile_train_step(fn, sharded.state, sharded.shardings, device_batch, batch_sharding)
   state, metrics = jax.device_get(compiled(sharded.state, device_batch))
@@ -59,6 +60,23 @@ def test_a_frozen_encoder_is_bit_identical_and_the_head_steps_as_in_full_trainin
   assert 0 < metrics["grad_norm"] < full_metrics["grad_norm"]           # the head's gradient only
   assert moments and not any("encoder" in m for m in moments)             # no Adam moments for frozen params
   assert any("encoder" in m for m in full_moments) and len(moments) < len(full_moments) / 10
+
+
+def test_freezing_some_blocks_of_scanned_blocks_with_gradient_accumulation():
+  """Scanned blocks stack the per-block params at run time: a frozen block inside the stack stays fixed."""
+  task = tasks.get(tl.tiny("classification"))
+  cfg = dataclasses.replace(task.model_config(), scan_blocks=True)
+  rng = np.random.default_rng(1)
+  targets = rng.random((8, cfg.num_classes)).astype(np.float32)
+  batch = {"image": rng.random((8, 32, 32, cfg.num_frames), np.float32), "targets": targets / targets.sum(-1)[:, None]}
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, (2, 4, 1))))
+  initial, after, metrics, moments = _one_step(task, cfg, mesh, batch, ("encoder/(patch_embed|blocks/0)",),
+                                               accum_steps=2)
+  assert np.isfinite(metrics["loss"]) and not any("encoder/blocks/0/" in m for m in moments)
+  assert any("encoder/blocks/1/" in m for m in moments)
+  for name in initial:
+    same = np.array_equal(after[name], initial[name])
+    assert same == name.startswith(("encoder/patch_embed/", "encoder/blocks/0/")), name
 
 
 def test_patterns_match_leading_path_components_and_bad_ones_name_the_field():
