@@ -1,0 +1,155 @@
+"""Accuracy of a class map against a reference raster: one confusion matrix over every pixel both declare valid.
+
+The prediction (a class map or change map that `predict` wrote, or any single-band class raster with its class
+names in the band tags) fixes the grid; the reference (any raster over it: another CRS or resolution is fine) is
+read onto that grid by nearest neighbour, strip by strip, so memory follows the map's width. Reference codes
+become class indices as they are, or through `class_map` ({code: index}); codes in `ignore` (and the reference's
+nodata) are left out. A code that is neither a class nor mapped nor ignored is an error naming it: a scheme
+mismatch would otherwise be scored as confusion. Metrics are those of the fine-tuning evaluation
+(`tasks.metrics`): overall accuracy, per-class IoU / F1 / precision (user's accuracy) / recall (producer's
+accuracy), mIoU, plus Cohen's kappa; and the change-class metrics for a two-class change map.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import rasterio
+import rasterio.errors
+from rasterio.enums import Resampling
+
+from spectralgpt_jax.inference import gridded
+from spectralgpt_jax.inference.scene_sources import SceneError, one_line
+from spectralgpt_jax.tasks import metrics
+
+STRIP_ROWS = 512
+
+
+@dataclasses.dataclass
+class ClassMap:
+  """The prediction: its grid, class names, nodata and task (from the tags `predict` writes)."""
+  path: str
+  dataset: object
+  grid: gridded.Grid
+  class_names: list[str]
+  nodata: float | None
+  task: str | None
+
+  def read(self, row: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    window = rasterio.windows.Window(0, row, self.grid.width, height)
+    try:
+      values = self.dataset.read(1, window=window)
+    except rasterio.errors.RasterioError as e:
+      raise SceneError(f"{self.path}: read failed ({one_line(e)})") from None
+    valid = np.ones(values.shape, bool) if self.nodata is None else values != self.nodata
+    return values, valid
+
+
+def open_class_map(path: str, class_names: list[str] | None = None) -> ClassMap:
+  ds = gridded.open_dataset(path)
+  try:
+    if ds.count != 1:
+      raise SceneError(f"{path}: a class map has one band; this file has {ds.count}")
+    if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+      raise SceneError(f"{path}: a class map holds class indices (an integer type); this band is {ds.dtypes[0]}")
+    names = class_names or _tagged_names(path, ds)
+    grid = gridded.Grid(ds.crs, ds.transform, ds.width, ds.height)
+    return ClassMap(path, ds, grid, names, ds.nodata, ds.tags().get("task"))
+  except BaseException:
+    ds.close()
+    raise
+
+
+def _tagged_names(path: str, ds) -> list[str]:
+  text = ds.tags(1).get("class_names")
+  try:
+    names = json.loads(text) if text else None
+  except ValueError:
+    names = None
+  if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+    raise SceneError(f"{path}: has no class_names band tag (a map that predict did not write); pass --class_names")
+  return names
+
+
+def parse_class_map(text: str | None, class_names: list[str]) -> dict[int, int]:
+  """'11=0,12=0,21=water' -> {11: 0, 12: 0, 21: <index of water>}; '' -> {}."""
+  out = {}
+  for part in (p.strip() for p in (text or "").split(",") if p.strip()):
+    code, _, target = part.partition("=")
+    try:
+      code_value = int(code)
+      index = class_names.index(target.strip()) if target.strip() in class_names else int(target)
+    except ValueError:
+      raise ValueError(f"--class_map {text!r}: {part!r} is not CODE=CLASS (a reference code = a class index or "
+                       f"name of {', '.join(class_names)})") from None
+    if not 0 <= index < len(class_names):
+      raise ValueError(f"--class_map {text!r}: class {index} of {part!r} is not one of the map's "
+                       f"{len(class_names)} classes")
+    out[code_value] = index
+  return out
+
+
+def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class_map: dict[int, int] | None = None,
+              ignore: tuple[int, ...] = ()) -> np.ndarray:
+  """int64 [K, K] pixel counts (rows reference, columns prediction) over the pixels valid in both."""
+  k = len(prediction.class_names)
+  ds = gridded.open_dataset(reference_path)
+  try:
+    if not 1 <= band <= ds.count:
+      raise SceneError(f"{reference_path}: has {ds.count} band(s); --reference_band {band} is not one of them")
+    gridded.check_overlap(reference_path, ds, prediction.grid, prediction.path)
+    source = gridded.source_on(reference_path, ds, {"ref": band}, prediction.grid, resampling=Resampling.nearest)
+  except BaseException:
+    ds.close()
+    raise
+  lookup = dict(class_map or {}) or {c: c for c in range(k)}
+  keys = np.array(sorted(lookup), np.int64)
+  targets = np.array([lookup[c] for c in keys.tolist()], np.int64)
+  cm = np.zeros((k, k), np.int64)
+  unknown: dict[int, int] = {}
+  try:
+    for row in range(0, prediction.grid.height, STRIP_ROWS):
+      height = min(STRIP_ROWS, prediction.grid.height - row)
+      predicted, predicted_ok = prediction.read(row, height)
+      values, reference_ok = source.read(["ref"], 0, row, prediction.grid.width, height)
+      codes = np.rint(values[..., 0]).astype(np.int64)
+      use = predicted_ok & reference_ok & ~np.isin(codes, ignore)
+      codes, predicted = codes[use], predicted[use].astype(np.int64)
+      found, counts = np.unique(codes, return_counts=True)
+      for code, count in zip(found.tolist(), counts.tolist()):
+        if code not in lookup:
+          unknown[code] = unknown.get(code, 0) + count
+      if unknown:
+        continue
+      if predicted.size and (predicted.min() < 0 or predicted.max() >= k):
+        raise SceneError(f"{prediction.path}: holds class {int(predicted.max())}, beyond its {k} class names")
+      truth = targets[np.searchsorted(keys, codes)]
+      cm += metrics.confusion_matrix(truth, predicted, k, ignore_index=None)
+  finally:
+    source.close()
+  if unknown:
+    listed = ", ".join(f"{code} ({count} px)" for code, count in sorted(unknown.items())[:8])
+    raise SceneError(f"{reference_path}: reference codes {listed} are not classes of {prediction.path} "
+                     f"({', '.join(f'{i} {n}' for i, n in enumerate(prediction.class_names))}); map them with "
+                     f"--class_map CODE=CLASS or leave them out with --ignore")
+  if not cm.sum():
+    raise SceneError(f"{reference_path}: no pixel is valid in both it and {prediction.path} (nodata, --ignore, "
+                     f"or footprints that meet only outside the map)")
+  return cm
+
+
+def kappa(cm: np.ndarray) -> float:
+  """Cohen's kappa: (observed - chance agreement) / (1 - chance agreement)."""
+  cm = np.asarray(cm, np.float64)
+  total = cm.sum()
+  observed = np.trace(cm) / total
+  chance = float((cm.sum(0) * cm.sum(1)).sum() / total ** 2)
+  return float((observed - chance) / (1 - chance)) if chance < 1 else float("nan")
+
+
+def scores(cm: np.ndarray, task: str | None) -> dict:
+  out = {**metrics.segmentation_metrics(cm), "kappa": kappa(cm)}
+  if task == "change_detection" and cm.shape == (2, 2):
+    out["change"] = metrics.change_detection_metrics(cm)
+  return out
