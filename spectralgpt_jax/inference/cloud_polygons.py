@@ -29,7 +29,9 @@ from spectralgpt_jax.inference.scene_sources import SceneError, one_line
 CLOUD_TYPES = ("OPAQUE", "CIRRUS")
 _GML = "{http://www.opengis.net/gml/3.2}"
 _EOP = "{http://www.opengis.net/eop/2.0}"
-_EPSG = re.compile(r"EPSG:(?:[0-9.]*:)?(\d+)\s*$", re.IGNORECASE)
+# urn:ogc:def:crs:EPSG:8.7:32632, EPSG::32632, EPSG:32632, http://www.opengis.net/def/crs/EPSG/0/32632 and GML 2's
+# http://www.opengis.net/gml/srs/epsg.xml#32632
+_EPSG = re.compile(r"(?:EPSG[:/](?:[0-9.]*[:/])?|epsg\.xml#)(\d+)\s*$", re.IGNORECASE)
 
 
 def is_vector_mask(path: str) -> bool:
@@ -75,6 +77,8 @@ def _crs(path: str, element) -> rasterio.crs.CRS | None:
 @functools.lru_cache(maxsize=16)
 def _named_crs(path: str, name: str) -> rasterio.crs.CRS:
   match = _EPSG.search(name)
+  if not match and re.match(r"^[a-z]+://", name, re.IGNORECASE):   # GDAL would fetch it: never from a data file
+    raise SceneError(f"{path}: srsName {name!r} is a URL without an EPSG code; cannot place the mask on the map")
   try:
     crs = rasterio.crs.CRS.from_epsg(int(match.group(1))) if match else rasterio.crs.CRS.from_user_input(name)
   except rasterio.errors.CRSError as e:
@@ -96,8 +100,11 @@ def _ring(path: str, polygon, ring) -> list[tuple[float, float]]:
   except ValueError:
     raise SceneError(f"{where}: gml:posList holds something other than numbers") from None
   if dims not in (2, 3) or values.size % dims or values.size < 4 * dims:
-    raise SceneError(f"{where}: gml:posList has {values.size} numbers, not a closed ring of {dims}-D points")
+    raise SceneError(f"{where}: gml:posList has {values.size} numbers, not a ring of at least four {dims}-D points")
   points = values.reshape(-1, dims)[:, :2]         # a 3-D ring's heights are not needed
+  if not np.array_equal(points[0], points[-1]):
+    raise SceneError(f"{where}: a LinearRing must end where it starts (GML); this one starts at {tuple(points[0])} "
+                     f"and ends at {tuple(points[-1])}")
   return [(float(x), float(y)) for x, y in points]
 
 
@@ -121,6 +128,10 @@ class PolygonSource:
     on_scene = self._touching(0, 0, grid.width, grid.height)
     logging.info("%s: %d cloud polygons (%s), %d of them over %s", path, len(shapes),
                  ", ".join(f"{self.counts[k]} {k}" for k in CLOUD_TYPES), len(on_scene), scene_path)
+    if shapes and not on_scene.size:
+      # A GML has no footprint to check (its envelope bounds the clouds): a mask of another tile looks like this.
+      logging.warning("%s: none of its %d cloud polygons lies over %s, so it masks nothing there; is it the mask "
+                      "of another tile?", path, len(shapes), scene_path)
 
   def _touching(self, col: int, row: int, width: int, height: int) -> np.ndarray:
     b = self._boxes

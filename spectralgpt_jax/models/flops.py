@@ -3,8 +3,9 @@
 Used for benchmarks and MFU. Elementwise ops, LayerNorm/GroupNorm, softmax, pooling and bilinear resizes are
 ignored (<2 % for ViT-B/8 at 1024 tokens).
 A training step is counted as 3x the forward pass (backward = 2x forward), the usual convention. With frozen
-parameters (`config.optimizer.freeze`) a layer costs 1x forward, plus 1x for the activation gradient when a trained
-layer lies below it (nearer the input), plus 1x for the weight gradient when it trains itself.
+parameters (`config.optimizer.freeze`) a layer costs 1x forward, plus 1x for the activation gradient when it lies at
+or above the lowest trained layer (counted for that layer too, as the 3x convention counts it for the first layer),
+plus 1x for the weight gradient when it trains itself.
 """
 from __future__ import annotations
 

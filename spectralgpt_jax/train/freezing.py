@@ -28,6 +28,8 @@ def parse(text: str) -> tuple[str, ...]:
   """'encoder, decoder/blocks/0' -> ('encoder', 'decoder/blocks/0'); '' -> (): nothing frozen."""
   patterns = tuple(p.strip() for p in (text or "").split(",") if p.strip())
   for p in patterns:
+    if any(c.isspace() for c in p):      # no parameter name has any: a pattern broken across a line
+      raise ConfigError(f"{FIELD}={text!r}: {p!r} contains whitespace; parameter names have none")
     try:
       re.compile(p)
     except re.error as e:

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from spectralgpt_jax.train import checkpointing, config_checks
+from spectralgpt_jax.train import checkpointing, config_checks, freezing
 
 # What defines the state and the experiment of a run (schedule, logging and eval settings may change on resume,
 # and so may how the blocks are computed: another implementation of the same maths, e.g. on other hardware).
@@ -30,8 +30,10 @@ NOT_IDENTITY = ("model.attention_impl", "model.attention_chunk", "model.remat", 
 
 
 def _identity(flat: dict[str, object]) -> dict[str, object]:
-  return {k: v for k, v in flat.items()
-          if (k == "task" or k.startswith(IDENTITY_PREFIXES)) and k not in NOT_IDENTITY}
+  out = {k: v for k, v in flat.items() if (k == "task" or k.startswith(IDENTITY_PREFIXES)) and k not in NOT_IDENTITY}
+  if isinstance(out.get("optimizer.freeze"), str):     # the same patterns in another order or spacing: same run
+    out["optimizer.freeze"] = ",".join(sorted(set(freezing.parse(out["optimizer.freeze"]))))
+  return out
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -119,14 +119,22 @@ def test_an_empty_mask_is_no_cloud_and_a_mask_in_another_utm_zone_is_reprojected
   expected = np.array([shape17.contains(geometry.Point(a, b)) for a, b in zip(x17, y17)]).reshape(x.shape)
   assert expected.sum() > 100
   np.testing.assert_array_equal(read(folder, cloud_mask=moved)[1], ~expected)
+  # srsName as a GML 2 URL names its EPSG code (never fetched); polygons of another tile mask nothing, with a warning
+  gml2 = write_gml(tmp_path / "gml2.gml", FEATURES, srs="http://www.opengis.net/gml/srs/epsg.xml#32618")
+  assert not read(folder, cloud_mask=gml2)[1].all()
+  far = [(kind, [[(x + 2e5, y) for x, y in ring] for ring in rings]) for kind, rings in FEATURES]
+  with caplog.at_level(logging.WARNING):
+    assert read(folder, cloud_mask=write_gml(tmp_path / "far.gml", far))[1].all()
+  assert "none of its 3 cloud polygons lies over" in caplog.text and "the mask of another tile?" in caplog.text
 
 
 def test_bad_gml_masks_are_one_line_naming_the_file(tmp_path):
   folder = os.path.dirname(write_band_folder(tmp_path / "f", BANDS, pattern="{band}.tif")["B02"])
 
   def fails(path, match, **kw):
-    with pytest.raises(SceneError, match=match):
+    with pytest.raises(SceneError, match=match) as error:
       read(folder, cloud_mask=str(path), **kw)
+    assert "\n" not in str(error.value)
 
   broken = tmp_path / "broken.gml"
   broken.write_text("<eop:Mask")
@@ -140,7 +148,12 @@ def test_bad_gml_masks_are_one_line_naming_the_file(tmp_path):
     text = f.read().replace(f"{Y0:.3f}</gml:posList>", "</gml:posList>", 1)
   with open(odd, "w") as f:
     f.write(text)
-  fails(odd, "odd.gml: polygon OPAQUE.0_Polygon: gml:posList has 9 numbers, not a closed ring of 2-D points")
+  fails(odd, "odd.gml: polygon OPAQUE.0_Polygon: gml:posList has 9 numbers, not a ring of at least four 2-D points")
+  fails(write_gml(tmp_path / "open.gml", [("OPAQUE", [box(0, 0, 60, 60)[:-1]])]),
+        r"open.gml: polygon OPAQUE.0_Polygon: a LinearRing must end where it starts")
+  fails(write_gml(tmp_path / "url.gml", FEATURES, srs="http://example.org/crs/utm18n"),
+        "url.gml: srsName 'http://example.org/crs/utm18n' is a URL without an EPSG code")
+  fails(write_gml(tmp_path / "lonlat.gml", FEATURES, srs="urn:ogc:def:crs:EPSG::4326"), "is a geographic CRS")
   fails(write_gml(tmp_path / "MSK_CLOUDS_B00.gml", FEATURES), "MSK_CLOUDS_B00.gml: is a vector .GML. cloud mask; "
         "--cloud_classes applies to class-coded masks", cloud_classes=clouds.parse_classes("1"))
   fails(tmp_path / "missing.gml", "missing.gml: no such cloud mask file")

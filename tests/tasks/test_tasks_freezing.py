@@ -77,6 +77,9 @@ def test_freezing_some_blocks_of_scanned_blocks_with_gradient_accumulation():
   for name in initial:
     same = np.array_equal(after[name], initial[name])
     assert same == name.startswith(("encoder/patch_embed/", "encoder/blocks/0/")), name
+  _, whole, _, _ = _one_step(task, cfg, mesh, batch, ("encoder/(patch_embed|blocks/0)",))   # one batch of 8
+  for name in initial:
+    np.testing.assert_allclose(after[name], whole[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_patterns_match_leading_path_components_and_bad_ones_name_the_field():
@@ -90,6 +93,8 @@ def test_patterns_match_leading_path_components_and_bad_ones_name_the_field():
   assert not freezing.is_frozen("encoder_norm/scale", ("encoder",)) and freezing.is_frozen("encoder", ("encoder",))
   with pytest.raises(config_checks.ConfigError, match=r"config.optimizer.freeze='enc\(': 'enc\(' is not a regular"):
     freezing.parse("enc(")
+  with pytest.raises(config_checks.ConfigError, match="'encoder/.pos_embed. blocks/0.' contains whitespace"):
+    freezing.parse("encoder/(pos_embed| blocks/0)")      # a pattern broken across a line
   with pytest.raises(config_checks.ConfigError, match="'backbone' matches no parameter of the model .* encoder, head"):
     freezing.check(("backbone",), names)
   with pytest.raises(config_checks.ConfigError, match="freezes every parameter of the model: nothing would train"):
@@ -108,6 +113,8 @@ def test_patterns_match_leading_path_components_and_bad_ones_name_the_field():
   # a config.json written before the key existed is the same run as one with the default
   assert resume.config_differences({"task": "classification"}, {"task": "classification",
                                                                 "optimizer": {"freeze": ""}}) == []
+  assert resume.config_differences({"optimizer": {"freeze": "head, encoder"}},
+                                   {"optimizer": {"freeze": "encoder,head"}}) == []
 
 
 def _state_of(model):
