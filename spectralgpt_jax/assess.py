@@ -49,6 +49,8 @@ def run(args) -> list[str]:
   from spectralgpt_jax.tasks import reporting
   ignore = _codes(args.ignore)
   names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+  if os.path.exists(args.output) and not os.path.isdir(args.output):
+    raise cli.UsageError(f"--output {args.output}: exists and is not a directory")
   prediction = assessment.open_class_map(args.prediction, names)
   try:
     try:
@@ -58,7 +60,7 @@ def run(args) -> list[str]:
     cm = assessment.confusion(prediction, args.reference, band=args.reference_band, class_map=class_map,
                               ignore=ignore)
   finally:
-    prediction.dataset.close()
+    prediction.close()
   result = assessment.scores(cm, prediction.task)
   columns = {"iou": result["iou"], "f1": result["f1"], "users_accuracy": result["precision"],
              "producers_accuracy": result["recall"], "pixels": result["pixels_per_class"]}
@@ -69,7 +71,10 @@ def run(args) -> list[str]:
              "class_map": {str(k): v for k, v in class_map.items()} or None, "ignore": list(ignore),
              **result, "confusion_matrix": cm.tolist(), "confusion_rows": "reference", "confusion_columns":
              "prediction"}
-  os.makedirs(args.output, exist_ok=True)
+  try:
+    os.makedirs(args.output, exist_ok=True)
+  except OSError as e:
+    raise cli.UsageError(f"--output {args.output}: cannot create it ({e.strerror})") from None
   title = f"{os.path.basename(args.prediction)} vs {os.path.basename(args.reference)}"
   written = [reporting.write_json(os.path.join(args.output, "metrics.json"), summary),
              reporting.write_json(os.path.join(args.output, "per_class.json"), rows),

@@ -2,7 +2,9 @@
 
 The prediction (a class map or change map that `predict` wrote, or any single-band class raster with its class
 names in the band tags) fixes the grid; the reference (any raster over it: another CRS or resolution is fine) is
-read onto that grid by nearest neighbour, strip by strip, so memory follows the map's width. Reference codes
+read onto that grid strip by strip, so memory follows the map's width: by nearest neighbour, or, where a map pixel
+covers more than two reference pixels (a classification map: one pixel per tile), as the most frequent valid
+reference code under it (GDAL's mode resampling). Reference codes
 become class indices as they are, or through `class_map` ({code: index}); codes in `ignore` (and the reference's
 nodata) are left out. A code that is neither a class nor mapped nor ignored is an error naming it: a scheme
 mismatch would otherwise be scored as confusion. Metrics are those of the fine-tuning evaluation
@@ -15,35 +17,35 @@ import dataclasses
 import json
 
 import numpy as np
-import rasterio
-import rasterio.errors
+import rasterio.warp
 from rasterio.enums import Resampling
 
 from spectralgpt_jax.inference import gridded
-from spectralgpt_jax.inference.scene_sources import SceneError, one_line
+from spectralgpt_jax.inference.scene_sources import SceneError
 from spectralgpt_jax.tasks import metrics
 
 STRIP_ROWS = 512
 
 
+EXACT_CODES = 2 ** 24   # codes are read as float32, which holds every integer up to this exactly
+
+
 @dataclasses.dataclass
 class ClassMap:
-  """The prediction: its grid, class names, nodata and task (from the tags `predict` writes)."""
+  """The prediction: its grid, class names and task (from the tags `predict` writes), read through `source`
+  (validity = its nodata and mask)."""
   path: str
-  dataset: object
+  source: gridded.GridSource
   grid: gridded.Grid
   class_names: list[str]
-  nodata: float | None
   task: str | None
 
   def read(self, row: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    window = rasterio.windows.Window(0, row, self.grid.width, height)
-    try:
-      values = self.dataset.read(1, window=window)
-    except rasterio.errors.RasterioError as e:
-      raise SceneError(f"{self.path}: read failed ({one_line(e)})") from None
-    valid = np.ones(values.shape, bool) if self.nodata is None else values != self.nodata
-    return values, valid
+    values, valid = self.source.read(["class"], 0, row, self.grid.width, height)
+    return np.rint(values[..., 0]).astype(np.int64), valid
+
+  def close(self) -> None:
+    self.source.close()
 
 
 def open_class_map(path: str, class_names: list[str] | None = None) -> ClassMap:
@@ -55,7 +57,7 @@ def open_class_map(path: str, class_names: list[str] | None = None) -> ClassMap:
       raise SceneError(f"{path}: a class map holds class indices (an integer type); this band is {ds.dtypes[0]}")
     names = class_names or _tagged_names(path, ds)
     grid = gridded.Grid(ds.crs, ds.transform, ds.width, ds.height)
-    return ClassMap(path, ds, grid, names, ds.nodata, ds.tags().get("task"))
+    return ClassMap(path, gridded.source_on(path, ds, {"class": 1}, grid), grid, names, ds.tags().get("task"))
   except BaseException:
     ds.close()
     raise
@@ -99,7 +101,10 @@ def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class
     if not 1 <= band <= ds.count:
       raise SceneError(f"{reference_path}: has {ds.count} band(s); --reference_band {band} is not one of them")
     gridded.check_overlap(reference_path, ds, prediction.grid, prediction.path)
-    source = gridded.source_on(reference_path, ds, {"ref": band}, prediction.grid, resampling=Resampling.nearest)
+    coarser = abs(prediction.grid.transform.determinant) > 2 * _pixel_area(ds, prediction.grid.crs)
+    nodata = ds.nodatavals[band - 1]
+    source = gridded.source_on(reference_path, ds, {"ref": band}, prediction.grid, band_nodata=nodata,
+                               resampling=Resampling.mode if coarser else Resampling.nearest)
   except BaseException:
     ds.close()
     raise
@@ -113,7 +118,14 @@ def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class
       height = min(STRIP_ROWS, prediction.grid.height - row)
       predicted, predicted_ok = prediction.read(row, height)
       values, reference_ok = source.read(["ref"], 0, row, prediction.grid.width, height)
-      codes = np.rint(values[..., 0]).astype(np.int64)
+      values = values[..., 0]
+      reference_ok &= np.isfinite(values)
+      if nodata is not None:   # a warp's validity covers all of a file's bands: this band's nodata is checked here
+        reference_ok &= gridded.not_nodata(values, nodata)
+      if np.any(np.abs(values[reference_ok]) >= EXACT_CODES):
+        raise SceneError(f"{reference_path}: holds codes of magnitude >= 2**24, which are not read exactly; recode "
+                         f"it to smaller integers")
+      codes = np.rint(np.where(reference_ok, values, 0)).astype(np.int64)
       use = predicted_ok & reference_ok & ~np.isin(codes, ignore)
       codes, predicted = codes[use], predicted[use].astype(np.int64)
       found, counts = np.unique(codes, return_counts=True)
@@ -123,13 +135,16 @@ def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class
       if unknown:
         continue
       if predicted.size and (predicted.min() < 0 or predicted.max() >= k):
-        raise SceneError(f"{prediction.path}: holds class {int(predicted.max())}, beyond its {k} class names")
+        bad = int(predicted.min() if predicted.min() < 0 else predicted.max())
+        raise SceneError(f"{prediction.path}: holds the value {bad}, not one of its {k} classes (0-{k - 1}); if it "
+                         f"marks missing pixels, declare it as the file's nodata")
       truth = targets[np.searchsorted(keys, codes)]
       cm += metrics.confusion_matrix(truth, predicted, k, ignore_index=None)
   finally:
     source.close()
   if unknown:
     listed = ", ".join(f"{code} ({count} px)" for code, count in sorted(unknown.items())[:8])
+    listed += f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
     raise SceneError(f"{reference_path}: reference codes {listed} are not classes of {prediction.path} "
                      f"({', '.join(f'{i} {n}' for i, n in enumerate(prediction.class_names))}); map them with "
                      f"--class_map CODE=CLASS or leave them out with --ignore")
@@ -137,6 +152,12 @@ def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class
     raise SceneError(f"{reference_path}: no pixel is valid in both it and {prediction.path} (nodata, --ignore, "
                      f"or footprints that meet only outside the map)")
   return cm
+
+
+def _pixel_area(ds, crs) -> float:
+  """A reference pixel's area in the map's CRS units (its footprint mapped into that CRS, over its pixel count)."""
+  left, bottom, right, top = rasterio.warp.transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+  return (right - left) * (top - bottom) / (ds.width * ds.height)
 
 
 def kappa(cm: np.ndarray) -> float:

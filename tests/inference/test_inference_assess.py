@@ -69,13 +69,38 @@ def test_a_coarser_reference_in_another_crs_is_read_by_nearest_neighbour(tmp_pat
   t17 = from_origin(left[0], top[0], 20, 20)
   reference = write(tmp_path / "ref17.tif", coarse, transform=t17, names=None, task=None, crs="EPSG:32617")
   cm = assessment.confusion(prediction, reference)
-  prediction.dataset.close()
+  prediction.close()
   cols, rows = np.meshgrid(np.arange(40) + 0.5, np.arange(40) + 0.5)
   x17, y17 = rasterio.warp.transform(CRS, "EPSG:32617", (X0 + 10 * cols).ravel(), (Y0 - 10 * rows).ravel())
   c, r = ~t17 * (np.array(x17), np.array(y17))
   under = coarse[np.floor(r).astype(int), np.floor(c).astype(int)]
   np.testing.assert_array_equal(cm[:, 0], np.bincount(under, minlength=3))      # the map says class 0 everywhere
   assert cm[:, 1:].sum() == 0
+
+
+def test_a_tile_map_takes_the_majority_reference_code_and_band_nodata_counts(tmp_path):
+  """A classification map (one 1280 m pixel per tile) against a 10 m reference: each tile is scored against the
+  most frequent reference code under it, not the one sample at its centre; the chosen band's own nodata is left
+  out even when another band is valid there."""
+  tiles = write(tmp_path / "tiles.tif", np.ones((2, 2)), transform=from_origin(X0, Y0, 1280, 1280), nodata=255)
+  codes = np.ones((2, 256, 256), np.uint8)
+  for r in (64, 192):
+    for c in (64, 192):
+      codes[1, r - 4:r + 4, c - 4:c + 4] = 2                  # a small other class at each tile's centre
+  codes[1, :, :128] = 9                                       # band 2 has nodata on the left half
+  reference = tmp_path / "bands.tif"
+  with rasterio.open(reference, "w", driver="GTiff", width=256, height=256, count=2, dtype="uint8", crs=CRS,
+                     transform=from_origin(X0, Y0, 10, 10), nodata=9) as ds:
+    ds.write(codes)
+  prediction = assessment.open_class_map(tiles)
+  try:
+    np.testing.assert_array_equal(assessment.confusion(prediction, str(reference), band=1),
+                                  [[0, 0, 0], [0, 4, 0], [0, 0, 0]])
+    # band 2: the left tiles' 10 m pixels are all nodata (no valid code to take), the right ones are mostly 1
+    np.testing.assert_array_equal(assessment.confusion(prediction, str(reference), band=2),
+                                  [[0, 0, 0], [0, 2, 0], [0, 0, 0]])
+  finally:
+    prediction.close()
 
 
 def test_kappa_and_change_metrics():
@@ -128,6 +153,13 @@ def test_bad_input_is_one_line_naming_the_file_or_flag(tmp_path, capsys):
       ((prediction, unknown), ("--ignore", "x"), "--ignore 'x': must be integer codes"),
       ((prediction, unknown), ("--reference_band", "2"), "codes.tif: has 1 band.s.; --reference_band 2"),
       ((str(tmp_path / "missing.tif"), unknown), (), "missing.tif: not a readable raster"),
+      ((write(tmp_path / "big.tif", np.full((20, 20), 2 ** 24 + 1), names=None, dtype="int32"), prediction), (),
+       "big.tif: has no class_names"),
+      ((prediction, write(tmp_path / "big_ref.tif", np.full((20, 20), 2 ** 24 + 1), names=None, dtype="int32")), (),
+       r"big_ref.tif: holds codes of magnitude >= 2\*\*24"),
+      ((write(tmp_path / "minus.tif", np.full((20, 20), -1), dtype="int16"), prediction), (),
+       "minus.tif: holds the value -1, not one of its 3 classes .0-2.; if it marks missing pixels, declare it"),
+      ((prediction, unknown), ("--output", prediction), "--output .*map.tif: exists and is not a directory"),
   ]
   for (pred, ref), extra, message in cases:
     code, captured = run(capsys, "--prediction", pred, "--reference", ref, "--output", str(tmp_path / "o"), *extra)
