@@ -34,6 +34,9 @@ def parse_args(argv):
   p.add_argument("--ignore", default="", help="reference codes left out (e.g. 0 for unlabelled), comma-separated")
   p.add_argument("--class_names", default=None, help="class names of a --prediction without class_names tags, "
                  "comma-separated in index order")
+  p.add_argument("--area_weighted", action="store_true", help="the reference is a sample stratified by map class "
+                 "(points or plots, nodata elsewhere): also estimate area-weighted accuracies and class areas with "
+                 "95%% confidence intervals (Olofsson et al. 2014)")
   return p.parse_args(argv)
 
 
@@ -59,9 +62,21 @@ def run(args) -> list[str]:
       raise cli.UsageError(str(e)) from None
     cm = assessment.confusion(prediction, args.reference, band=args.reference_band, class_map=class_map,
                               ignore=ignore)
+    weighted = None
+    if args.area_weighted:
+      weighted = assessment.area_weighted(cm, assessment.map_class_counts(prediction), prediction.class_names,
+                                          assessment.pixel_km2(prediction))
   finally:
     prediction.close()
   result = assessment.scores(cm, prediction.task)
+  if weighted:
+    result["area_weighted"] = weighted
+    area = "area_km2" if "area_km2" in weighted else "area_pixels"
+    table, _ = reporting.per_class_table(prediction.class_names, {
+        "users_accuracy": weighted["users_accuracy"], "+-": weighted["users_accuracy_ci95"],
+        "producers_accuracy": weighted["producers_accuracy"], "+- ": weighted["producers_accuracy_ci95"],
+        area: weighted[area], "+-  ": weighted[f"{area}_ci95"], "samples": weighted["samples_per_map_class"]})
+    logging.info("area-weighted (stratified sample; 95 %% confidence half-widths):\n%s", table)
   columns = {"iou": result["iou"], "f1": result["f1"], "users_accuracy": result["precision"],
              "producers_accuracy": result["recall"], "pixels": result["pixels_per_class"]}
   table, rows = reporting.per_class_table(prediction.class_names, columns)
@@ -83,7 +98,8 @@ def run(args) -> list[str]:
   change = result.get("change")
   print(f"overall accuracy {result['oa']:.4f}, kappa {result['kappa']:.4f}, mIoU {result['miou']:.4f} over "
         f"{result['num_pixels']:,} pixels" + (f"; change F1 {change['f1']:.4f} (precision {change['precision']:.4f}, "
-                                             f"recall {change['recall']:.4f})" if change else ""))
+                                             f"recall {change['recall']:.4f})" if change else "")
+        + (f"; area-weighted overall accuracy {weighted['oa']:.4f} +- {weighted['oa_ci95']:.4f}" if weighted else ""))
   return written
 
 

@@ -174,3 +174,73 @@ def scores(cm: np.ndarray, task: str | None) -> dict:
   if task == "change_detection" and cm.shape == (2, 2):
     out["change"] = metrics.change_detection_metrics(cm)
   return out
+
+
+# ------------------------------------------------------------------- area-weighted estimates (stratified sample)
+def map_class_counts(prediction: ClassMap) -> np.ndarray:
+  """int64 [K]: the map's valid pixels of each class (the strata of a sample stratified by map class)."""
+  k = len(prediction.class_names)
+  counts = np.zeros(k, np.int64)
+  for row in range(0, prediction.grid.height, STRIP_ROWS):
+    values, valid = prediction.read(row, min(STRIP_ROWS, prediction.grid.height - row))
+    values = values[valid]
+    if values.size and (values.min() < 0 or values.max() >= k):
+      raise SceneError(f"{prediction.path}: holds the value {int(values.max())}, not one of its {k} classes")
+    counts += np.bincount(values, minlength=k)
+  return counts
+
+
+def area_weighted(cm: np.ndarray, map_counts: np.ndarray, class_names: list[str], pixel_km2: float | None) -> dict:
+  """Olofsson et al. (2014, Remote Sensing of Environment 148: 42-57) estimators for a reference sample stratified
+  by map class: area-weighted overall, user's and producer's accuracy and each class's area, with 95 % confidence
+  half-widths (1.96 standard errors). `cm`: [K, K] sample counts, rows reference, columns map; `map_counts`: each
+  map class's pixels over the whole map. A map class with pixels but fewer than two samples is an error: its
+  stratum's variance (and, without samples, its estimates) would be undefined."""
+  n = np.asarray(cm, np.float64).T                       # n[i, j]: map class i, reference class j
+  mapped = np.asarray(map_counts, np.float64)
+  per_stratum = n.sum(axis=1)
+  short = [f"{class_names[i]} ({int(per_stratum[i])})" for i in np.flatnonzero((mapped > 0) & (per_stratum < 2))]
+  if short:
+    raise SceneError(f"area-weighted estimates need at least two reference samples in every mapped class; too few "
+                     f"in: {', '.join(short)}")
+  keep = mapped > 0                                       # classes absent from the map carry no weight
+  weights = mapped / mapped.sum()
+  safe = np.where(per_stratum > 0, per_stratum, 1.0)
+  p = weights[:, None] * n / safe[:, None]               # estimated area proportions of the cells
+  users = np.where(keep, np.diag(n) / safe, np.nan)
+  reference_share = p.sum(axis=0)
+  producers = np.divide(np.diag(p), reference_share, out=np.full(len(p), np.nan), where=reference_share > 0)
+  dof = np.where(keep, np.maximum(per_stratum - 1, 1), np.inf)
+  oa_var = float(np.sum(np.where(keep, weights ** 2 * users * (1 - users) / dof, 0.0)))
+  share_se = np.sqrt(np.sum((weights[:, None] * p - p ** 2) / dof[:, None], axis=0))
+  rows_share = n / safe[:, None]                          # n_ij / n_i
+  est_ref = (mapped[:, None] * rows_share).sum(axis=0)    # estimated reference pixels of each class
+  producers_var = np.full(len(p), np.nan)
+  for j in np.flatnonzero(est_ref > 0):
+    others = [i for i in np.flatnonzero(keep) if i != j]
+    own = mapped[j] ** 2 * (1 - producers[j]) ** 2 * users[j] * (1 - users[j]) / dof[j] if keep[j] else 0.0
+    rest = sum(mapped[i] ** 2 * rows_share[i, j] * (1 - rows_share[i, j]) / dof[i] for i in others)
+    producers_var[j] = (own + producers[j] ** 2 * rest) / est_ref[j] ** 2
+  total = mapped.sum()
+  out = {"oa": float(np.trace(p)), "oa_ci95": 1.96 * oa_var ** 0.5,
+         "users_accuracy": _listed(users), "users_accuracy_ci95": _listed(1.96 * np.sqrt(users * (1 - users) / dof)),
+         "producers_accuracy": _listed(producers), "producers_accuracy_ci95": _listed(1.96 * np.sqrt(producers_var)),
+         "area_share": _listed(reference_share), "area_share_ci95": _listed(1.96 * share_se),
+         "area_pixels": _listed(reference_share * total), "area_pixels_ci95": _listed(1.96 * share_se * total),
+         "map_pixels": [int(v) for v in mapped], "samples_per_map_class": [int(v) for v in per_stratum]}
+  if pixel_km2:
+    out["area_km2"] = _listed(reference_share * total * pixel_km2)
+    out["area_km2_ci95"] = _listed(1.96 * share_se * total * pixel_km2)
+  return out
+
+
+def _listed(values) -> list:
+  return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]
+
+
+def pixel_km2(prediction: ClassMap) -> float | None:
+  """A map pixel's area in km² when its CRS is projected in metres (else None: areas stay in pixels)."""
+  crs = prediction.grid.crs
+  if crs.is_geographic or (crs.linear_units or "").lower() not in ("metre", "meter", "m"):
+    return None
+  return abs(prediction.grid.transform.determinant) / 1e6

@@ -170,3 +170,62 @@ def test_bad_input_is_one_line_naming_the_file_or_flag(tmp_path, capsys):
   code, captured = run(capsys, "--prediction", untagged, "--reference", prediction, "--output", str(tmp_path / "n"),
                        "--class_names", "a,b,c")
   assert code == 0 and "overall accuracy 1.0000" in captured.out
+
+
+def _population(seed=0, size=200):
+  """A map with very unequal class areas and class-dependent errors, and the truth it was made from."""
+  rng = np.random.default_rng(seed)
+  truth = np.zeros((size, size), np.int64)
+  truth[:, 150:] = 1                                           # 25 % class 1
+  truth[40:60, 20:60] = 2                                      # 2 % class 2
+  predicted = truth.copy()
+  noise = rng.random(truth.shape)
+  predicted[(truth == 0) & (noise < 0.10)] = 2                 # class 0 leaks into class 2: class 2 is over-mapped
+  predicted[(truth == 1) & (noise < 0.05)] = 0
+  return truth, predicted
+
+
+def test_area_weighted_estimates_equal_the_census_and_recover_areas_from_a_stratified_sample(tmp_path, capsys):
+  truth, predicted = _population()
+  prediction = write(tmp_path / "map.tif", predicted, nodata=255)
+  census = write(tmp_path / "census.tif", truth, names=None, task=None)
+  code, captured = run(capsys, "--prediction", prediction, "--reference", census, "--output", str(tmp_path / "c"),
+                       "--area_weighted")
+  assert code == 0, captured.err
+  full = json.loads((tmp_path / "c" / "metrics.json").read_text())
+  weighted = full["area_weighted"]
+  # with every pixel as reference, the stratified estimators are the plain proportions, with zero-width intervals
+  assert weighted["oa"] == pytest.approx(full["oa"]) and weighted["oa_ci95"] < 0.02
+  np.testing.assert_allclose(weighted["users_accuracy"], full["precision"], rtol=1e-12)
+  np.testing.assert_allclose(weighted["producers_accuracy"], full["recall"], rtol=1e-12)
+  np.testing.assert_allclose(weighted["area_pixels"], np.bincount(truth.ravel(), minlength=3), rtol=1e-12)
+  assert weighted["area_km2"] == pytest.approx([a * 1e-4 for a in weighted["area_pixels"]])     # 10 m pixels
+  # a stratified sample (600 reference points per map class, nodata elsewhere) estimates the true areas, which the
+  # map's own counts and the unweighted sample proportions get wrong
+  rng = np.random.default_rng(1)
+  sample = np.full(truth.shape, 255, np.int64)
+  for c in range(3):
+    rows, cols = np.nonzero(predicted == c)
+    pick = rng.choice(rows.size, 600, replace=False)
+    sample[rows[pick], cols[pick]] = truth[rows[pick], cols[pick]]
+  points = write(tmp_path / "points.tif", sample, nodata=255, names=None, task=None)
+  code, captured = run(capsys, "--prediction", prediction, "--reference", points, "--output", str(tmp_path / "s"),
+                       "--area_weighted")
+  assert code == 0, captured.err
+  assert "area-weighted overall accuracy" in captured.out
+  result = json.loads((tmp_path / "s" / "metrics.json").read_text())
+  estimate = result["area_weighted"]
+  true_area = np.bincount(truth.ravel(), minlength=3)
+  error = np.abs(np.array(estimate["area_pixels"]) - true_area)
+  assert (error <= np.maximum(1.5 * np.array(estimate["area_pixels_ci95"]), 1)).all(), (estimate, true_area)
+  assert abs(np.bincount(predicted.ravel(), minlength=3)[2] - true_area[2]) > 5 * estimate["area_pixels_ci95"][2]
+  assert estimate["samples_per_map_class"] == [600, 600, 600] and result["num_pixels"] == 1800
+  assert estimate["oa"] == pytest.approx(np.mean(truth == predicted), abs=2 * estimate["oa_ci95"])
+  # too few samples in a mapped class is one line
+  sample[predicted == 2] = 255
+  sample[np.nonzero(predicted == 2)[0][0], np.nonzero(predicted == 2)[1][0]] = 2
+  write(tmp_path / "short.tif", sample, nodata=255, names=None, task=None)
+  code, captured = run(capsys, "--prediction", prediction, "--reference", str(tmp_path / "short.tif"), "--output",
+                       str(tmp_path / "x"), "--area_weighted")
+  assert code == 1 and "need at least two reference samples in every mapped class; too few in: vegetation (1)" in \
+      captured.err
