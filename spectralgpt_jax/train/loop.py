@@ -12,7 +12,7 @@ What happens, in order (big_vision style, the task plug-in does the rest; see sp
              checked for non-finite values and written; evaluations (dataset-level metrics), previews and async
              checkpoints happen at their intervals,
   finish  6. final checkpoint, final evaluation into DIR/eval/ (when eval_every > 0), params-only export with
-             metadata.json.
+             metadata.json and MODEL_CARD.md (train/exporting.py).
 `mode=eval` runs setup and one evaluation of `init_from` (or of DIR's latest checkpoint) into DIR/eval/, which
 then also holds that evaluation's config.json.
 SIGTERM (TPU preemption, SLURM time limit) makes the loop save a checkpoint at the current step and return.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -31,12 +30,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from spectralgpt_jax import export, sharding
-from spectralgpt_jax.data import bands as band_registry
+from spectralgpt_jax import sharding
 from spectralgpt_jax.interop import CheckpointMismatchError
 from spectralgpt_jax.models import matmul
 from spectralgpt_jax.models.flops import train_step_flops
-from spectralgpt_jax.train import checkpointing, config_checks, evaluation, images, metrics, optim, resume, steps
+from spectralgpt_jax.train import (checkpointing, config_checks, evaluation, exporting, images, metrics, optim,
+                                   resume, steps)
 from spectralgpt_jax.train import throughput
 from spectralgpt_jax.train import state as state_lib
 from spectralgpt_jax.train.resume import StopSignal
@@ -270,7 +269,7 @@ def _previews(r: Run, first_batch) -> Callable[[nnx.State, int], None] | None:
   graphdef, key = r.sharded.graphdef, r.keys[2]
   recon = jax.jit(lambda state, x: task.reconstruct(nnx.merge(graphdef, state).model, x, key),
                   in_shardings=(r.sharded.shardings, replicated), out_shardings=replicated)
-  bands = _bands(config)
+  bands = exporting.bands_of(config)
 
   def save(state, step: int) -> None:
     out = recon(state, preview_images)
@@ -285,7 +284,7 @@ def train(r: Run) -> dict[str, Any]:
                              "workdir": r.workdir, "task": task.name}
   if r.start_step >= plan.total_steps:
     logging.info("run already complete (step %d of %d)", r.start_step, plan.total_steps)
-    _export(r, r.state, r.start_step)
+    exporting.export_run(r, r.state, r.start_step)
     _close_run(r)
     return {**summary, "final_step": r.start_step}
 
@@ -357,54 +356,12 @@ def train(r: Run) -> dict[str, Any]:
     r.writer.flush()
 
   if not preempted:
-    _export(r, state, step)
+    exporting.export_run(r, state, step)
   _close_run(r)
   return {**summary, "final_step": step, "preempted": preempted, "last": last}
 
 
 # ================================================================================================== finish
-def _bands(config) -> tuple[str, ...]:
-  return tuple(config.data.get("bands", None) or band_registry.CANONICAL)
-
-
-def _export(r: Run, state, step: int) -> None:
-  """workdir/export: params, metadata.json (with the recipe and the final evaluation) and MODEL_CARD.md."""
-  config = r.config
-  if not config.export:
-    return
-  training = {"init_from": config.init_from or None, "steps": r.plan.total_steps, "batch_size": config.batch_size,
-              "optimizer": _optimizer_line(config.optimizer, r.plan.peak_lr), "seed": config.seed}
-  if r.plan.freeze:
-    frozen = state_lib.frozen_count(state, r.plan.freeze)
-    training["frozen"] = (f"{','.join(r.plan.freeze)} ({frozen:,} of {state_lib.param_count(state):,} parameters "
-                          f"kept as initialised)")
-  evaluated = _final_evaluation(r.workdir, step)
-  metadata = export.make_metadata(config.model.name, r.plan.model, bands=list(_bands(config)), source=r.workdir,
-                                  step=step, data=json.loads(config.data.to_json_best_effort()), training=training,
-                                  evaluation=evaluated, **r.task.export_metadata())
-  export.save_params(os.path.join(r.workdir, "export"), nnx.to_pure_dict(state_lib.model_params(state)), metadata)
-  logging.info("export: params, metadata.json and MODEL_CARD.md written to %s", os.path.join(r.workdir, "export"))
-
-
-def _final_evaluation(workdir: str, step: int) -> dict | None:
-  """The run's evaluation at `step` (DIR/eval/metrics.json, written at the last step; also found when a rerun of a
-  finished command re-exports), as the export records it."""
-  path = os.path.join(workdir, "eval", "metrics.json")
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    result = json.load(f)
-  if result.get("step") != step:
-    return None
-  return {"split": result.get("split"), "step": step, "num_examples": result.get("num_examples"),
-          "metrics": {k: v for k, v in evaluation.scalars(result).items() if k not in ("step", "num_examples")}}
-
-
-def _optimizer_line(opt, peak_lr: float) -> str:
-  layer_decay = f", layer decay {opt.layer_decay:g}" if opt.layer_decay != 1.0 else ""
-  return f"AdamW, peak lr {peak_lr:.3g} ({opt.schedule}), weight decay {opt.weight_decay:g}{layer_decay}"
-
-
 def _close_run(r: Run) -> None:
   _close(r.train_iter)
   if r.ckpt is not None:
