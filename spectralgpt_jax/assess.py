@@ -60,12 +60,11 @@ def run(args) -> list[str]:
       class_map = assessment.parse_class_map(args.class_map, prediction.class_names)
     except ValueError as e:
       raise cli.UsageError(str(e)) from None
-    cm = assessment.confusion(prediction, args.reference, band=args.reference_band, class_map=class_map,
-                              ignore=ignore)
+    cm, map_counts = assessment.tally(prediction, args.reference, band=args.reference_band, class_map=class_map,
+                                      ignore=ignore, count_map=args.area_weighted)
     weighted = None
     if args.area_weighted:
-      weighted = assessment.area_weighted(cm, assessment.map_class_counts(prediction), prediction.class_names,
-                                          assessment.pixel_km2(prediction))
+      weighted = assessment.area_weighted(cm, map_counts, prediction.class_names, assessment.pixel_km2(prediction))
   finally:
     prediction.close()
   result = assessment.scores(cm, prediction.task)

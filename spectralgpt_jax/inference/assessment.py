@@ -95,6 +95,13 @@ def parse_class_map(text: str | None, class_names: list[str]) -> dict[int, int]:
 def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class_map: dict[int, int] | None = None,
               ignore: tuple[int, ...] = ()) -> np.ndarray:
   """int64 [K, K] pixel counts (rows reference, columns prediction) over the pixels valid in both."""
+  return tally(prediction, reference_path, band=band, class_map=class_map, ignore=ignore)[0]
+
+
+def tally(prediction: ClassMap, reference_path: str, *, band: int = 1, class_map: dict[int, int] | None = None,
+          ignore: tuple[int, ...] = (), count_map: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+  """(`confusion`, and with `count_map` the map's valid pixels of each class: the strata of a sample stratified by
+  map class, counted in the same pass over the map)."""
   k = len(prediction.class_names)
   ds = gridded.open_dataset(reference_path)
   try:
@@ -112,11 +119,14 @@ def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class
   keys = np.array(sorted(lookup), np.int64)
   targets = np.array([lookup[c] for c in keys.tolist()], np.int64)
   cm = np.zeros((k, k), np.int64)
+  map_counts = np.zeros(k, np.int64) if count_map else None
   unknown: dict[int, int] = {}
   try:
     for row in range(0, prediction.grid.height, STRIP_ROWS):
       height = min(STRIP_ROWS, prediction.grid.height - row)
       predicted, predicted_ok = prediction.read(row, height)
+      if count_map:
+        map_counts += _class_counts(prediction, predicted[predicted_ok])
       values, reference_ok = source.read(["ref"], 0, row, prediction.grid.width, height)
       values = values[..., 0]
       reference_ok &= np.isfinite(values)
@@ -151,7 +161,7 @@ def confusion(prediction: ClassMap, reference_path: str, *, band: int = 1, class
   if not cm.sum():
     raise SceneError(f"{reference_path}: no pixel is valid in both it and {prediction.path} (nodata, --ignore, "
                      f"or footprints that meet only outside the map)")
-  return cm
+  return cm, map_counts
 
 
 def _pixel_area(ds, crs) -> float:
@@ -177,17 +187,12 @@ def scores(cm: np.ndarray, task: str | None) -> dict:
 
 
 # ------------------------------------------------------------------- area-weighted estimates (stratified sample)
-def map_class_counts(prediction: ClassMap) -> np.ndarray:
-  """int64 [K]: the map's valid pixels of each class (the strata of a sample stratified by map class)."""
+def _class_counts(prediction: ClassMap, values: np.ndarray) -> np.ndarray:
+  """int64 [K] counts of valid map values (all must be classes)."""
   k = len(prediction.class_names)
-  counts = np.zeros(k, np.int64)
-  for row in range(0, prediction.grid.height, STRIP_ROWS):
-    values, valid = prediction.read(row, min(STRIP_ROWS, prediction.grid.height - row))
-    values = values[valid]
-    if values.size and (values.min() < 0 or values.max() >= k):
-      raise SceneError(f"{prediction.path}: holds the value {int(values.max())}, not one of its {k} classes")
-    counts += np.bincount(values, minlength=k)
-  return counts
+  if values.size and (values.min() < 0 or values.max() >= k):
+    raise SceneError(f"{prediction.path}: holds the value {int(values.max())}, not one of its {k} classes")
+  return np.bincount(values, minlength=k)
 
 
 def area_weighted(cm: np.ndarray, map_counts: np.ndarray, class_names: list[str], pixel_km2: float | None) -> dict:

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 from flax import nnx
 
+from spectralgpt_jax.train import optim
 from spectralgpt_jax.train.config_checks import ConfigError
 
 FIELD = "config.optimizer.freeze"
@@ -58,11 +59,10 @@ def trained_layers(names: Iterable[str], patterns: Sequence[str], depth: int) ->
   count of a step (`models.flops.train_step_flops`); None when nothing is frozen."""
   if not patterns:
     return None
-  from spectralgpt_jax.train.optim import layer_id
   trained = [False] * (depth + 2)
   for name in names:
     if not is_frozen(name, patterns):
-      trained[layer_id(name, depth)] = True
+      trained[optim.layer_id(name, depth)] = True
   return trained
 
 

@@ -38,3 +38,11 @@ def tiny(kind: str, arg: str = "demo", **overrides) -> ml_collections.ConfigDict
                 progress_bar=False, tensorboard=False, init_from="", compute_dtype="float32"))
   c.optimizer.update(dict(lr=3e-3, schedule="cosine", accum_steps=1))
   return set_dotted(c, overrides)
+
+
+def mae_export(directory, seed: int = 3):
+  """A tiny 32 px MAE saved as an export in `directory` (a pretraining checkpoint to fine-tune from); returns it."""
+  from spectralgpt_jax import export, models
+  mae = models.build("mae_vit_tiny", img_size=32, seed=seed)
+  export.save(directory, mae, export.make_metadata("mae_vit_tiny", mae.cfg))
+  return mae

@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from spectralgpt_jax import export, models, sharding, tasks
 from spectralgpt_jax.models import flops
@@ -118,13 +119,11 @@ def test_patterns_match_leading_path_components_and_bad_ones_name_the_field():
 
 
 def _state_of(model):
-  from flax import nnx
   return nnx.state(state_lib.ModelState(model))
 
 
 def test_linear_probe_run_exports_the_pretrained_encoder_unchanged(tmp_path):
-  mae = models.build("mae_vit_tiny", img_size=32, seed=3)
-  export.save(tmp_path / "pre", mae, export.make_metadata("mae_vit_tiny", mae.cfg))
+  mae = tl.mae_export(tmp_path / "pre")
   c = tl.tiny("classification", init_from=str(tmp_path / "pre"), total_steps=3, eval_every=0,
               **{"optimizer.freeze": "encoder"})
   loop.run(c, str(tmp_path / "run"))

@@ -136,8 +136,7 @@ def test_init_from_official_pth_reports_fresh_head_and_ignored_decoder(tmp_path,
 
 
 def test_init_from_pretraining_export_copies_the_encoder(tmp_path):
-  mae = models.build("mae_vit_tiny", img_size=32, seed=3)
-  export.save(tmp_path / "pre", mae, export.make_metadata("mae_vit_tiny", mae.cfg))
+  mae = tl.mae_export(tmp_path / "pre")
   c = tl.tiny("classification", init_from=str(tmp_path / "pre"), total_steps=2, eval_every=0,
               **{"optimizer.lr": 1e-12})
   loop.run(c, str(tmp_path / "run"))
