@@ -29,7 +29,6 @@ import grain  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spectralgpt_jax.data import bands, pipeline  # noqa: E402
-from spectralgpt_jax.data import transforms as T  # noqa: E402
 
 # dataset -> (task, shapes of one generated element, keys of a training batch)
 SPECS = {
@@ -78,9 +77,7 @@ def run(name: str, workers: int, batch: int, batches: int, warmup: int = 3) -> d
     source = generated_source(name, 256, np.random.default_rng(0))
     src_bands = bands.canonical_subset(bands.ON_DISK["segmunich"]) if name == "segmunich" else bands.CANONICAL
   ops = pipeline.element_ops(cfg, True, src_bands, keys, fixed_size=name in ("segmunich", "oscd"))
-  batch_ops = []
-  if task == "finetune" and cfg.get("mixup", 0) + cfg.get("cutmix", 0) + cfg.get("label_smoothing", 0) > 0:
-    batch_ops = [T.MixupCutmix(cfg.num_classes, cfg.mixup, cfg.cutmix, label_smoothing=cfg.label_smoothing)]
+  batch_ops = pipeline.finetune_batch_ops(cfg, train=True) if task == "finetune" else []
   it = pipeline.build_iterator(
       source,
       ops,

@@ -10,6 +10,7 @@ from spectralgpt_jax.models import flops
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import finetune_step  # noqa: E402
+import input_pipeline  # noqa: E402
 import step_timing  # noqa: E402
 
 KEYS = {"mesh", "steps", "step_s_median", "step_s_min", "img_per_s", "tokens_per_s", "model_tflops_per_s",
@@ -34,3 +35,11 @@ def test_finetune_step_record_and_frozen_encoder_flops():
   head = flops.layer_forward_flops(model_cfg)[-1]
   assert probe["gflops_per_img"] == round((flops.forward_flops(model_cfg) + 2 * head) / 1e9, 2)
   assert probe["gflops_per_img"] < full["gflops_per_img"] / 2
+
+
+def test_input_pipeline_benchmark_runs_the_training_pipelines():
+  """benchmarks/input_pipeline.py builds each fine-tuning dataset's training pipeline as training does (mixup /
+  cutmix for EuroSAT through pipeline.finetune_batch_ops): one record per dataset, a positive rate."""
+  for name in ("eurosat", "oscd"):
+    record = input_pipeline.run(name, workers=0, batch=4, batches=1, warmup=1)
+    assert record["dataset"] == name and record["examples_per_s"] > 0 and record["image_size"] == 128

@@ -238,21 +238,10 @@ def finetune_iterator(
     keys = keys + ("valid", "id") + (WINDOW_KEYS if name in DENSE_DATASETS else ())
   fixed = name in DENSE_DATASETS  # windows of the model's size: flips / rot90 only (the reference)
   ops = element_ops(cfg, train, bands, keys, fixed_size=fixed)
-  batch_ops = []
-  mixing = cfg.get("mixup", 0) > 0 or cfg.get("cutmix", 0) > 0 or cfg.get("label_smoothing", 0) > 0
-  if train and families.family(name) in ("eurosat", "bigearthnet") and mixing:
-    batch_ops.append(
-        T.MixupCutmix(
-            len(class_names(cfg)),
-            cfg.get("mixup", 0),
-            cfg.get("cutmix", 0),
-            label_smoothing=cfg.get("label_smoothing", 0),
-        )
-    )
   return build_iterator(
       source,
       ops,
-      batch_ops=batch_ops,
+      batch_ops=finetune_batch_ops(cfg, train),
       train=train,
       global_batch_size=global_batch_size,
       sharding=sharding,
@@ -279,6 +268,16 @@ class ToGlobalArrays(grain.transforms.Map):
     # Strings (example ids) cannot be device arrays: they stay this process's numpy rows.
     return {k: v if v.dtype.kind in "USO" else jax.make_array_from_process_local_data(self.sharding, v)
             for k, v in batch.items()}
+
+
+def finetune_batch_ops(cfg, train: bool) -> list:
+  """Whole-batch transforms of a fine-tuning pipeline: mixup / cutmix / label smoothing of the classification
+  datasets in training, when the config asks for any (soft "targets" then replace the labels)."""
+  mixing = cfg.get("mixup", 0) > 0 or cfg.get("cutmix", 0) > 0 or cfg.get("label_smoothing", 0) > 0
+  if not (train and mixing and families.family(cfg["name"]) in ("eurosat", "bigearthnet")):
+    return []
+  return [T.MixupCutmix(len(class_names(cfg)), cfg.get("mixup", 0), cfg.get("cutmix", 0),
+                        label_smoothing=cfg.get("label_smoothing", 0))]
 
 
 def _apply(ds, op, seed: int | None = None):
