@@ -69,7 +69,7 @@ def run(args) -> list[str]:
   from spectralgpt_jax.inference import engine, writers
   checkpoint = ckpt_lib.load(args.checkpoint)
   times = _check_args(args)
-  scenes = _open_inputs(args, checkpoint)
+  scenes = cli.open_inputs(args, checkpoint, cli.cloud_masks(args, len(args.input)))
   try:
     first = scenes[0]
     grid = cli.tile_grid(first, checkpoint, args.overlap, dense=False)
@@ -81,10 +81,10 @@ def run(args) -> list[str]:
                              mesh_shape=cli.mesh_shape(args.mesh))
     dim, patch = checkpoint.cfg.embed_dim, checkpoint.cfg.patch_size
     tags = {"checkpoint": args.checkpoint, "software": "spectralgpt_jax",
-            "command": " ".join(shlex.quote(a) for a in sys.argv), **cli.input_tags(scenes)}
+            "command": " ".join(shlex.quote(a) for a in sys.argv), **cli.input_tags(scenes, times)}
     meta = {**tags, "arch": checkpoint.metadata.get("arch"), "task": checkpoint.task, "tile_px": grid.tile,
             "stride_px": grid.stride, "bands": list(checkpoint.model_bands), "input": args.input[0],
-            "inputs": [_input_record(scene, when, bool(args.datetime)) for scene, when in zip(scenes, times)],
+            "inputs": [cli.input_record(scene, when, bool(args.datetime)) for scene, when in zip(scenes, times)],
             "normalization": checkpoint.normalization, "embedding": "LayerNorm(mean of last-block tokens)"}
     table = writers.GeoParquetWriter(args.output, crs=first.crs, embedding_dim=dim, metadata=meta,
                                      extra_columns=_extra_columns())
@@ -111,45 +111,10 @@ def run(args) -> list[str]:
 
 def _check_args(args) -> list | None:
   """Flag combinations checked before any work; the --datetime overrides (UTC), if given."""
-  from spectralgpt_jax.inference import acquisition
   cli.check_fraction("--min_valid_fraction", args.min_valid_fraction)
   if args.per_patch and len(args.input) > 1:
     raise cli.UsageError(f"--per_patch writes one scene's patch grid; it takes one --input, not {len(args.input)}")
-  if not args.datetime:
-    return None
-  if len(args.datetime) != len(args.input):
-    raise cli.UsageError(f"--datetime is given {len(args.datetime)} times for {len(args.input)} --input scenes; "
-                         f"give one per input, in the same order")
-  try:
-    return [acquisition.parse(text) for text in args.datetime]
-  except ValueError as e:
-    raise cli.UsageError(f"--datetime: {e}") from None
-
-
-def _open_inputs(args, checkpoint) -> list:
-  """Every --input, the later ones resampled onto the first one's grid, each with the checkpoint's bands."""
-  from spectralgpt_jax.inference import scene_io
-  masks = cli.cloud_masks(args, len(args.input))
-  scenes = []
-  try:
-    for path, mask in zip(args.input, masks):
-      scenes.append(scene_io.open_scene(path, bands=cli.band_list(args.bands), harmonize=args.harmonize,
-                                        grid=scenes[0] if scenes else None, cloud_mask=mask,
-                                        cloud_classes=args.cloud_classes, cloud_buffer=args.cloud_buffer))
-      scene_io.require_bands(scenes[-1], checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
-  except BaseException:
-    for scene in scenes:
-      scene.close()
-    raise
-  return scenes
-
-
-def _input_record(scene, when, overridden: bool) -> dict:
-  from spectralgpt_jax.inference import acquisition
-  return {"path": scene.source, "datetime": None if when is None else acquisition.iso(when),
-          "acquired_from": "--datetime" if overridden else scene.acquired_from,
-          "radiometry": scene.radiometry.describe(),
-          "cloud_mask": scene.clouds.describe() if scene.clouds else "off"}
+  return cli.acquisition_times(args, len(args.input))
 
 
 def _extra_columns():

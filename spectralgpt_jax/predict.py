@@ -4,6 +4,7 @@ r"""Scene-scale prediction with any checkpoint: a georeferenced Cloud-Optimized 
   python -m spectralgpt_jax.predict --checkpoint runs/oscd_demo --input DATE1.SAFE --input2 DATE2.SAFE \
       --output change.tif --probabilities
   python -m spectralgpt_jax.predict --checkpoint CKPT --input bands_folder/ --output out.tif --batch_size 64
+  python -m spectralgpt_jax.predict --checkpoint CKPT --input MAY.SAFE --input JULY.SAFE --output lc.tif
 
 By the checkpoint's task (its metadata.json): segmentation -> class map; change detection (`--input2`, the later
 date, resampled onto the first date's grid) -> change map; classification -> per-tile label map (one pixel per
@@ -14,13 +15,16 @@ checkpoint's image size overlap by `--overlap` (default 0.5 for dense tasks, 0 f
 with a raised-cosine window; the scene is streamed strip by strip. `--harmonize auto` (default) removes the
 processing-baseline 04.00 offset (DN - 1000 since 2022) as the product's metadata declares it; `off` keeps the
 stored DN, a number adds that many DN. `--cloud_mask auto` (or a mask file) makes the pixels a cloud mask flags
-nodata (L2A SCL classes 3,8,9,10 by default; `--cloud_classes` chooses). Bad input stops with one line, writing
-nothing.
+nodata (L2A SCL classes 3,8,9,10 by default; `--cloud_classes` chooses). Several `--input`s (dates of one area)
+make a time series: each on the first one's grid, one output per input (`lc_t0.tif`, `lc_t1.tif`, ...) listed with
+its acquisition time in `lc_series.json`. Bad input stops with one line, writing nothing.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -32,11 +36,9 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
   p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="export directory or run directory")
   scene_help = "GeoTIFF/COG, folder of band files, .SAFE product or STAC item"
-  if embed:
-    p.add_argument("--input", required=True, action="append", help=scene_help + "; repeat it for a time series "
-                   "(later inputs are resampled onto the first one's grid; rows carry input_index and datetime)")
-  else:
-    p.add_argument("--input", required=True, help=scene_help)
+  p.add_argument("--input", required=True, action="append", help=scene_help + "; repeat it for a time series "
+                 "(later inputs are resampled onto the first one's grid; " +
+                 ("rows carry input_index and datetime)" if embed else "one output per input, OUT_t0.tif, ...)"))
   p.add_argument("--output", required=True, help="output .parquet" if embed else "output COG (.tif)")
   p.add_argument("--bands", default=None, help="band names of an unnamed --input file, in file order: B04,B03,...")
   p.add_argument("--batch_size", type=int, default=16, help="tiles per forward pass (a multiple of the devices)")
@@ -52,11 +54,12 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
                  help="skip tiles with a smaller fraction of valid (not nodata, not cloud) pixels" +
                       ("" if embed else ", leaving their pixels nodata where no other tile covers them") +
                       "; default 0: only wholly invalid tiles are skipped")
+  p.add_argument("--datetime", action="append", default=None,
+                 help="acquisition time of each input scene (ISO 8601, UTC), in the same order (" +
+                      ("" if embed else "--input2 last; ") + "default: what the inputs declare, from the STAC item, "
+                      ".SAFE or file names)")
   if embed:
     p.add_argument("--per_patch", default=None, help="also write the patch embeddings as a GeoTIFF on the patch grid")
-    p.add_argument("--datetime", action="append", default=None,
-                   help="acquisition time of each --input (ISO 8601, UTC), in the same order, where the inputs do "
-                        "not declare it (default: from the STAC item, .SAFE or file names)")
   else:
     p.add_argument("--input2", default=None, help="change detection: the later date")
     p.add_argument("--bands2", default=None, help="band names of an unnamed --input2 file")
@@ -73,63 +76,122 @@ def run(args) -> list[str]:
   from spectralgpt_jax.inference import checkpoint as ckpt_lib
   from spectralgpt_jax.inference import scene_io
   checkpoint = ckpt_lib.load(args.checkpoint)
-  task = checkpoint.task
+  task, series = checkpoint.task, len(args.input) > 1
   if task == "change_detection" and not args.input2:
     raise cli.UsageError(f"--checkpoint {args.checkpoint} is a change-detection model: pass --input2 (the "
-                             "later date)")
+                         "later date)" + (" with one --input; run it once per pair of dates" if series else ""))
   if task != "change_detection" and args.input2:
     raise cli.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
+  if series and args.input2:
+    raise cli.UsageError(f"--input2 is the later date of one change-detection pair; it takes one --input, not "
+                         f"{len(args.input)}")
   mesh = cli.mesh_shape(args.mesh)
   cli.check_fraction("--min_valid_fraction", args.min_valid_fraction)
-  masks = cli.cloud_masks(args, 2 if args.input2 else 1)
-  scenes = [scene_io.open_scene(args.input, bands=cli.band_list(args.bands), harmonize=args.harmonize,
-                                cloud_mask=masks[0], cloud_classes=args.cloud_classes,
-                                cloud_buffer=args.cloud_buffer)]
+  count = len(args.input) + bool(args.input2)
+  times = cli.acquisition_times(args, count)
+  masks = cli.cloud_masks(args, count)
+  scenes = cli.open_inputs(args, checkpoint, masks)
   try:
     if args.input2:
       scenes.append(scene_io.open_scene(args.input2, bands=cli.band_list(args.bands2), grid=scenes[0],
                                         harmonize=args.harmonize2, cloud_mask=masks[1],
                                         cloud_classes=args.cloud_classes, cloud_buffer=args.cloud_buffer))
-    for scene in scenes:
-      scene_io.require_bands(scene, checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
+      scene_io.require_bands(scenes[-1], checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
                           mesh=mesh, probabilities=args.probabilities, mask_ratio=args.mask_ratio, seed=args.seed,
-                          min_valid=args.min_valid_fraction,
+                          min_valid=args.min_valid_fraction, series=series, times=times,
                           progress=not args.no_progress, command=" ".join(shlex.quote(a) for a in sys.argv))
   finally:
     for scene in scenes:
       scene.close()
 
 
+def series_path(output: str, index: int, count: int) -> str:
+  """The output of input `index` of a time series of `count`: OUT_t0.tif, ... (zero-padded, so names sort)."""
+  stem, ext = os.path.splitext(output)
+  return f"{stem}_t{index:0{len(str(count - 1))}d}{ext or '.tif'}"
+
+
 def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: int = 16, overlap: float | None = None,
                    mesh=(-1, 1, 1), probabilities: bool = False, mask_ratio: float | None = None, seed: int = 0,
-                   min_valid: float = 0.0, progress: bool = True, command: str = "") -> list[str]:
-  """Streams `scenes` (one, or two dates on the first one's grid) through the checkpoint's task into `output`
-  (+ probabilities, + a PNG quicklook); returns the paths written. `apply(model, *inputs)` replaces the task's
-  forward (tests use a double with known outputs)."""
+                   min_valid: float = 0.0, series: bool = False, times=None, progress: bool = True,
+                   command: str = "") -> list[str]:
+  """Streams `scenes` through the checkpoint's task and returns the paths written: one scene, or two dates on the
+  first one's grid (change detection), into `output` (+ probabilities, + a PNG quicklook); with `series`, each
+  scene (all on the first one's grid) into its own `series_path` outputs, and `OUT_series.json` listing them.
+  `times`: the scenes' acquisition times where --datetime overrides them. Every output is finished (translated
+  to a COG and checked) when its scene is done and all are published together at the end, so a failure at any
+  scene publishes nothing. `apply(model, *inputs)` replaces the task's forward (tests use a double)."""
   from spectralgpt_jax.inference import engine, products, writers
   task = checkpoint.task
+  if series and task == "change_detection":
+    raise cli.UsageError("a change-detection model compares one pair of dates (--input, --input2), not a series")
   grid = cli.tile_grid(scenes[0], checkpoint, overlap, dense=task != "classification")
   forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
                            batch_size=batch_size, mesh_shape=mesh)
-  logging.info("%s; %d tiles of %d px (stride %d)", scenes[0].describe(), len(grid), grid.tile, grid.stride)
-  with engine.gdal_cache(scenes), products.make_sink(grid, scenes[0], checkpoint, output,
-                                                    probabilities=probabilities, command=command,
-                                                    input_tags=cli.input_tags(scenes)) as sink:
-    bar = engine.Progress(len(grid), enabled=progress)
-    for r, batch in engine.tile_batches(scenes, checkpoint, grid, min_valid=min_valid):
-      outputs = None
-      if batch.positions:
-        extra = [products.mae_noise(batch.positions, checkpoint.cfg.num_tokens, seed)] if task == "pretrain" else []
-        outputs = forward(*batch.inputs, *extra)
-        if task == "pretrain":
-          outputs = checkpoint.restore(outputs, batch.raw[0], batch.valid)
-      sink.add(r, batch, outputs)
-      bar.update(len(grid.cols))
+  overridden, times = times is not None, times or [scene.acquired for scene in scenes]
+  groups = [[i] for i in range(len(scenes))] if series else [list(range(len(scenes)))]
+  paths = [series_path(output, i, len(scenes)) for i in range(len(scenes))] if series else [output]
+  for i, scene in enumerate(scenes if series else scenes[:1]):
+    logging.info("%s%s; %d tiles of %d px (stride %d)", f"input {i}: " if series else "", scene.describe(),
+                 len(grid), grid.tile, grid.stride)
+  if series:
+    _warn_of_other_series_files(output, paths)
+  bar = engine.Progress(len(grid) * len(groups), enabled=progress)
+  with contextlib.ExitStack() as stack:
+    sinks = [stack.enter_context(products.make_sink(    # every output path is checked before the first tile
+        grid, scenes[group[0]], checkpoint, path, probabilities=probabilities, command=command,
+        input_tags={**cli.input_tags([scenes[i] for i in group], [times[i] for i in group]),
+                    **({"input_index": str(group[0])} if series else {})}))
+        for group, path in zip(groups, paths)]
+    for group, sink in zip(groups, sinks):
+      group_scenes = [scenes[i] for i in group]
+      with engine.gdal_cache(group_scenes):
+        for r, batch in engine.tile_batches(group_scenes, checkpoint, grid, min_valid=min_valid):
+          outputs = None
+          if batch.positions:
+            extra = [products.mae_noise(batch.positions, checkpoint.cfg.num_tokens, seed)] if task == "pretrain" else []
+            outputs = forward(*batch.inputs, *extra)
+            if task == "pretrain":
+              outputs = checkpoint.restore(outputs, batch.raw[0], batch.valid)
+          sink.add(r, batch, outputs)
+          bar.update(len(grid.cols))
+        sink.finish()
     bar.close()
-    written = sink.commit()
-  logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid), time.time() - bar.start, bar.rate)
-  return written + [writers.quicklook_png(written[0], rgb_bands=products.quicklook_bands(checkpoint))]
+    files = [sink.publish() for sink in sinks]
+  logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid) * len(groups), time.time() - bar.start, bar.rate)
+  quicklook = products.quicklook_bands(checkpoint)
+  files = [group + [writers.quicklook_png(group[0], rgb_bands=quicklook)] for group in files]
+  written = [path for group in files for path in group]
+  if series:
+    written.append(_write_series_index(output, checkpoint, scenes, times, overridden, files, command))
+  return written
+
+
+def _warn_of_other_series_files(output: str, paths: list[str]) -> None:
+  """An earlier series into the same OUT may have had more inputs: its extra files stay, and are not this one's."""
+  import glob
+  stem, ext = os.path.splitext(output)
+  ours = {os.path.abspath(p) for p in paths}
+  others = sorted(p for p in glob.glob(f"{glob.escape(stem)}_t[0-9]*{ext or '.tif'}")
+                  if os.path.abspath(p) not in ours and not p.endswith(f"_probabilities{ext or '.tif'}"))
+  if others:
+    logging.warning("%s: %d other %s file(s) from an earlier run are not part of this series (e.g. %s); "
+                    "%s_series.json lists this one's", os.path.dirname(os.path.abspath(output)), len(others),
+                    os.path.basename(stem) + "_t*", os.path.basename(others[0]), os.path.basename(stem))
+
+
+def _write_series_index(output, checkpoint, scenes, times, overridden: bool, files, command: str) -> str:
+  """OUT_series.json: per input (in --input order) its record and its files (relative to the JSON's folder)."""
+  from spectralgpt_jax.tasks import reporting
+  stem, _ = os.path.splitext(output)
+  index = f"{stem}_series.json"
+  folder = os.path.dirname(os.path.abspath(index))
+  entries = [{"input_index": i, **cli.input_record(scene, when, overridden),
+              "files": [os.path.relpath(path, folder) for path in group]}
+             for i, (scene, when, group) in enumerate(zip(scenes, times, files))]
+  return reporting.write_json(index, {"checkpoint": os.path.abspath(checkpoint.path), "task": checkpoint.task,
+                                      "command": command, "grid_of": scenes[0].source, "inputs": entries})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,8 +58,9 @@ def cloud_classes_choice(text: str):
 
 
 def cloud_masks(args, count: int) -> list[str]:
-  """The --cloud_mask of each of `count` inputs. predict: --cloud_mask2 for the second date, else --cloud_mask when
-  that is auto or off (a mask file belongs to one scene); embed: --cloud_mask auto or off for every input."""
+  """The --cloud_mask of each of `count` inputs. A change-detection pair (predict's --input2): --cloud_mask2 for the
+  second date, else --cloud_mask when that is auto or off (a mask file belongs to one scene); several --input (a
+  time series, predict or embed): --cloud_mask auto or off for every input."""
   second = getattr(args, "cloud_mask2", None)
   if args.cloud_classes is not None and args.cloud_mask == "off" and second in (None, "off"):
     raise UsageError("--cloud_classes says which mask values are cloud: it needs --cloud_mask (auto or a file)")
@@ -68,31 +69,76 @@ def cloud_masks(args, count: int) -> list[str]:
     raise UsageError(f"--cloud_buffer {buffer}: must be >= 0 pixels")
   if buffer and args.cloud_mask == "off" and second in (None, "off"):
     raise UsageError("--cloud_buffer grows the clouds of a mask: it needs --cloud_mask (auto or a file)")
+  if second is not None and not getattr(args, "input2", None):
+    raise UsageError("--cloud_mask2 is the mask of --input2, and there is no --input2")
   if count == 1:
-    if second is not None:
-      raise UsageError("--cloud_mask2 is the mask of --input2, and there is no --input2")
     return [args.cloud_mask]
   if second is not None:
     return [args.cloud_mask, second]
   if args.cloud_mask in ("auto", "off"):
     return [args.cloud_mask] * count
-  if not hasattr(args, "cloud_mask2"):      # embed: any number of inputs, one choice for all
+  if not getattr(args, "input2", None):      # a time series: one choice for all inputs
     raise UsageError(f"--cloud_mask {args.cloud_mask} is one scene's mask file; with {count} --input scenes use "
                      f"--cloud_mask auto (each input's own mask) or off")
   raise UsageError(f"--cloud_mask {args.cloud_mask} is the mask of --input; pass --cloud_mask2 for --input2 "
                    f"(auto, off or its own mask file)")
 
 
-def input_tags(scenes) -> dict[str, str]:
-  """The `radiometry`, `cloud_mask` and `acquired` tags of the outputs: how each input's DN were harmonised, which
-  of its pixels were masked as cloud and when it was acquired (input2 = the second input)."""
+def acquisition_times(args, count: int) -> list | None:
+  """The --datetime overrides (UTC), one per input scene in order, or None when the flag is not given."""
+  from spectralgpt_jax.inference import acquisition
+  if not args.datetime:
+    return None
+  if len(args.datetime) != count:
+    given = len(args.datetime)
+    order = " (--input, then --input2)" if getattr(args, "input2", None) else ""
+    raise UsageError(f"--datetime is given {given} time{'s' if given != 1 else ''} for {count} input scenes{order}; "
+                     f"give one per scene, in the same order")
+  try:
+    return [acquisition.parse(text) for text in args.datetime]
+  except ValueError as e:
+    raise UsageError(f"--datetime: {e}") from None
+
+
+def open_inputs(args, checkpoint, masks: list[str]) -> list:
+  """Every --input, the later ones resampled onto the first one's grid, each checked for the checkpoint's bands
+  (all opened before any work: a bad one stops the command before anything is written)."""
+  from spectralgpt_jax.inference import scene_io
+  scenes = []
+  try:
+    for path, mask in zip(args.input, masks):
+      scenes.append(scene_io.open_scene(path, bands=band_list(args.bands), harmonize=args.harmonize,
+                                        grid=scenes[0] if scenes else None, cloud_mask=mask,
+                                        cloud_classes=args.cloud_classes, cloud_buffer=args.cloud_buffer))
+      scene_io.require_bands(scenes[-1], checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
+  except BaseException:
+    for scene in scenes:
+      scene.close()
+    raise
+  return scenes
+
+
+def input_record(scene, when, overridden: bool) -> dict:
+  """One input's entry in an output's metadata: path, acquisition time and where it came from, radiometry, mask."""
+  from spectralgpt_jax.inference import acquisition
+  return {"path": scene.source, "datetime": None if when is None else acquisition.iso(when),
+          "acquired_from": "--datetime" if overridden else scene.acquired_from,
+          "radiometry": scene.radiometry.describe(),
+          "cloud_mask": scene.clouds.describe() if scene.clouds else "off"}
+
+
+def input_tags(scenes, times=None) -> dict[str, str]:
+  """The `radiometry`, `cloud_mask`, `acquired` and `datetime` tags of the outputs: how each input's DN were
+  harmonised, which of its pixels were masked as cloud, when it declares it was acquired, and the time used
+  (`times`, the --datetime overrides, else `acquired`); input2 = the second input."""
   from spectralgpt_jax.inference import acquisition
 
   def joined(parts):
     return parts[0] if len(parts) == 1 else "; ".join(f"input{i + 1 if i else ''}: {p}" for i, p in enumerate(parts))
   return {"radiometry": joined([scene.radiometry.describe() for scene in scenes]),
           "cloud_mask": joined([scene.clouds.describe() if scene.clouds else "off" for scene in scenes]),
-          "acquired": joined([acquisition.iso(scene.acquired) for scene in scenes])}
+          "acquired": joined([acquisition.iso(scene.acquired) for scene in scenes]),
+          "datetime": joined([acquisition.iso(when) for when in (times or [s.acquired for s in scenes])])}
 
 
 def check_fraction(flag: str, value: float) -> None:

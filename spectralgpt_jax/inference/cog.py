@@ -83,7 +83,7 @@ class RasterWriter(StagedWriter):
       raise OutputError(f"{self.path}: cannot create the raster ({e})") from e
     fill = self.nodata if self.nodata is not None else 0
     self._fill = fill
-    self._buffer = np.full((min(STAGE_BLOCK, self.height), self.width, self.count), fill, self.dtype)
+    self._buffer = None    # one tile row of the output, allocated by the first write() (and freed by finish())
     self._buffer_row = 0   # first scene row held by the buffer (a multiple of STAGE_BLOCK)
     self._next_row = 0     # every row above this was received or skipped
     self._skipped: list[tuple[int, int]] = []
@@ -175,6 +175,8 @@ class RasterWriter(StagedWriter):
                        f"(strips must come top to bottom, each row once; next free row is {self._next_row})")
     if row_off > self._next_row:
       self._skipped.append((self._next_row, row_off))
+    if self._buffer is None:
+      self._buffer = np.full((min(STAGE_BLOCK, self.height), self.width, self.count), self._fill, self.dtype)
     done = 0
     while done < h:
       row = row_off + done
@@ -192,7 +194,7 @@ class RasterWriter(StagedWriter):
 
   def _flush(self) -> None:
     """Writes the buffered tile row (whatever of it was received; the rest is nodata) and clears the buffer."""
-    if self._buffer_row >= self.height:
+    if self._buffer_row >= self.height or self._buffer is None:
       return
     n = min(STAGE_BLOCK, self.height - self._buffer_row)
     self._stage.write(np.moveaxis(self._buffer[:n], -1, 0), window=Window(0, self._buffer_row, self.width, n))
@@ -209,6 +211,7 @@ class RasterWriter(StagedWriter):
       ranges = ", ".join(f"{a}..{b - 1}" for a, b in missing[:5]) + (" ..." if len(missing) > 5 else "")
       raise self._fail(f"rows {ranges} were never written (of {self.height}); nothing was saved")
     self._stage.close()
+    self._buffer = None
     cog = self._staging.file("cog.tif")
     self._translate(cog)
     valid, errors, _ = cog_validate(cog, quiet=True)

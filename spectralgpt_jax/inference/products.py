@@ -134,7 +134,16 @@ class DenseSink:
     return np.where(valid[..., None], values, np.nan).astype(np.float32)
 
   def commit(self) -> list[str]:
-    return [writer.commit() for writer, _ in self.outputs]
+    self.finish()
+    return self.publish()
+
+  def finish(self) -> None:
+    """Every output translated and checked, still unpublished (see writers.StagedWriter)."""
+    for writer, _ in self.outputs:
+      writer.finish()
+
+  def publish(self) -> list[str]:
+    return [writer.publish() for writer, _ in self.outputs]
 
 
 class TileSink:
@@ -179,7 +188,15 @@ class TileSink:
       self.writers[1].write(probs, r)
 
   def commit(self) -> list[str]:
-    return [writer.commit() for writer in self.writers]
+    self.finish()
+    return self.publish()
+
+  def finish(self) -> None:
+    for writer in self.writers:
+      writer.finish()
+
+  def publish(self) -> list[str]:
+    return [writer.publish() for writer in self.writers]
 
 
 def _json(values) -> str:

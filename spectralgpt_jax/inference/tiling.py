@@ -76,9 +76,7 @@ class StripBlender:
   def __init__(self, grid: TileGrid, channels: int):
     self.grid, self.channels = grid, channels
     self.weight = blend_weights(grid.tile).astype(np.float64)
-    padded_width = grid.cols[-1] + grid.tile
-    self._sums = np.zeros((grid.tile, padded_width, channels), np.float64)
-    self._weights = np.zeros((grid.tile, padded_width), np.float64)
+    self._sums = self._weights = None    # allocated by the first add_row (a sink may wait for its turn)
     self._top = 0            # scene row of self._sums[0]
     self._next_row = 0
 
@@ -86,6 +84,10 @@ class StripBlender:
     grid = self.grid
     if r != self._next_row:
       raise ValueError(f"tile row {r} arrived, expected {self._next_row} (rows must come in order)")
+    if self._sums is None:
+      padded_width = grid.cols[-1] + grid.tile
+      self._sums = np.zeros((grid.tile, padded_width, self.channels), np.float64)
+      self._weights = np.zeros((grid.tile, padded_width), np.float64)
     y = grid.rows[r]
     offset = y - self._top
     for x, pred in zip(grid.cols, predictions):
@@ -112,4 +114,6 @@ class StripBlender:
       self._sums = np.concatenate([self._sums[rows:], np.zeros_like(self._sums[:rows])])
       self._weights = np.concatenate([self._weights[rows:], np.zeros_like(self._weights[:rows])])
       self._top += rows
+    else:           # the scene is done: free the held rows now (a time series keeps its sinks until the end)
+      self._sums = self._weights = None
     return out

@@ -85,7 +85,9 @@ class Staging:
 class StagedWriter:
   """What both writers share: `commit()` publishes the finished file atomically, `abort()` drops the staged data
   (safe to call twice), and leaving a `with` block without `commit()` aborts (with a warning when no exception is
-  on its way). Subclasses set `path`, `_staging` and `_state` ("open" / "committed" / "aborted"), finish and check
+  on its way). `commit()` is `finish()` (the slow part: translate and check the file, still in staging) then
+  `publish()` (one rename), so that several files can be finished one by one and published together.
+  Subclasses set `path`, `_staging` and `_state` ("open" / "finished" / "committed" / "aborted"), finish and check
   their file in `_finish() -> temporary path`, close it in `_close_file()`, and name it in errors with `KIND`."""
 
   KIND = "file"
@@ -100,15 +102,32 @@ class StagedWriter:
     """Finishes, checks and publishes the file; returns its final path. On any failure nothing is published."""
     if self._state != "open":
       raise self._fail(f"commit() after the writer was {self._state}")
+    self.finish()
+    return self.publish()
+
+  def finish(self) -> None:
+    """Completes and checks the file in its staging directory, without publishing it; on failure aborts."""
+    if self._state != "open":
+      raise self._fail(f"finish() after the writer was {self._state}")
+    self._finished = self._guarded(self._finish)
+    self._state = "finished"
+
+  def publish(self) -> str:
+    """Moves the finished file onto `path` (atomic) and returns that path."""
+    if self._state != "finished":
+      raise self._fail(f"publish() of a writer that is {self._state}, not finished")
+    self._guarded(lambda: self._staging.publish(self._finished))
+    self._state = "committed"
+    return self.path
+
+  def _guarded(self, step):
     try:
-      self._staging.publish(self._finish())
+      return step()
     except BaseException as e:
       self.abort()
       if isinstance(e, Exception) and not isinstance(e, OutputError):
         raise self._fail(f"cannot write the {self.KIND} ({type(e).__name__}: {e})") from e
       raise
-    self._state = "committed"
-    return self.path
 
   def abort(self) -> None:
     """Drops everything written so far (no file at `path` from this writer); safe to call more than once."""
@@ -124,7 +143,7 @@ class StagedWriter:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> bool:
-    if self._state == "open":
+    if self._state in ("open", "finished"):
       self.abort()
       if exc_type is None:
         warnings.warn(f"{self.path}: writer closed without commit(); nothing was saved", RuntimeWarning,

@@ -237,7 +237,8 @@ def test_class_parsing():
 
 def test_which_mask_each_input_gets():
   def masks(count, **kw):
-    args = argparse.Namespace(**{"cloud_mask": "off", "cloud_classes": None, "cloud_mask2": None, **kw})
+    args = argparse.Namespace(**{"cloud_mask": "off", "cloud_classes": None, "cloud_mask2": None,
+                                 "input2": "later.tif" if count == 2 else None, **kw})
     return cli.cloud_masks(args, count)
   assert masks(2) == ["off", "off"] and masks(2, cloud_mask="auto") == ["auto", "auto"]
   assert masks(2, cloud_mask="a.tif", cloud_mask2="b.tif") == ["a.tif", "b.tif"]
@@ -256,6 +257,9 @@ def test_which_mask_each_input_gets():
   embed_args = argparse.Namespace(cloud_mask="a.tif", cloud_classes=None)     # embed has no --cloud_mask2
   assert cli.cloud_masks(embed_args, 1) == ["a.tif"]
   assert cli.cloud_masks(argparse.Namespace(cloud_mask="auto", cloud_classes=None), 3) == ["auto"] * 3
+  assert masks(3, cloud_mask="auto") == ["auto"] * 3                          # a predict time series
+  with pytest.raises(cli.UsageError, match="--cloud_mask a.tif is one scene's mask file; with 2 --input scenes"):
+    masks(2, cloud_mask="a.tif", input2=None)
   with pytest.raises(cli.UsageError, match="--cloud_mask a.tif is one scene's mask file; with 3 --input scenes"):
     cli.cloud_masks(embed_args, 3)
 

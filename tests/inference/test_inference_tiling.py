@@ -17,7 +17,8 @@ def _blend(scene: np.ndarray, grid: TileGrid, predict) -> tuple[np.ndarray, np.n
   for r, positions in grid.tile_rows():
     preds = [predict(padded[y:y + grid.tile, x:x + grid.tile], y, x) for y, x in positions]
     done = blender.add_row(r, preds)
-    assert blender._sums.shape[0] == grid.tile
+    last = r == len(grid.rows) - 1
+    assert blender._sums is None if last else blender._sums.shape[0] == grid.tile   # freed once the scene is done
     if done is not None:
       top, values, cov = done
       assert top == next_row and values.shape[1] == w

@@ -114,10 +114,11 @@ def test_an_embedding_time_series_shares_the_first_inputs_grid(exports, scene, b
   assert [i["datetime"] for i in meta["inputs"]] == ["2020-05-01T00:00:00Z", "2020-06-01T10:30:00Z"]
   assert {i["acquired_from"] for i in meta["inputs"]} == {"--datetime"}
   assert meta["acquired"] == "input: unknown; input2: unknown"   # what the inputs themselves declare
+  assert meta["datetime"] == "input: 2020-05-01T00:00:00Z; input2: 2020-06-01T10:30:00Z"   # the times used
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--datetime", "2020-05-01"], "--datetime is given 1 times for 2 --input scenes"),
+    (["--datetime", "2020-05-01"], "--datetime is given 1 time for 2 input scenes"),
     (["--datetime", "2020-05-01", "--datetime", "May"], "--datetime: Invalid isoformat string: 'May'"),
     (["--per_patch", "p.tif"], "--per_patch writes one scene's patch grid; it takes one --input, not 2"),
     (["--cloud_mask", "m.tif"], "--cloud_mask m.tif is one scene's mask file; with 2 --input scenes"),
@@ -139,3 +140,159 @@ def test_an_input_elsewhere_is_one_line(exports, scene, tmp_path, capsys):
   assert run_embed(exports, tmp_path / "out" / "e.parquet", scene["path"], str(far)) == 1
   err = capsys.readouterr().err.strip()
   assert "does not overlap" in err and scene["path"] in err and not os.listdir(tmp_path / "out")
+
+
+def run_predict(checkpoint, out, *inputs, extra=()):
+  from spectralgpt_jax import predict
+  args = ["--checkpoint", checkpoint, "--output", str(out), "--no_progress", "--batch_size", "8", *extra]
+  for path in inputs:
+    args += ["--input", str(path)]
+  return predict.main(args)
+
+
+def read_raster(path):
+  import rasterio
+  with rasterio.open(path) as ds:
+    return ds.read(), ds.transform, ds.crs, ds.tags()
+
+
+@pytest.mark.parametrize("task", ["segmentation", "classification"])
+def test_a_prediction_time_series_is_one_map_per_input_on_the_first_grid(exports, scene, band_folder, tmp_path,
+                                                                         task):
+  single, series = tmp_path / "single", tmp_path / "series"
+  assert run_predict(exports[task], single / "map.tif", scene["path"], extra=["--probabilities"]) == 0
+  assert run_predict(exports[task], series / "map.tif", scene["path"], band_folder,
+                     extra=["--probabilities", "--datetime", "2020-05-01", "--datetime", "2020-06-01T10:30Z"]) == 0
+  assert sorted(os.listdir(series)) == ["map_series.json", "map_t0.png", "map_t0.tif", "map_t0_probabilities.tif",
+                                        "map_t1.png", "map_t1.tif", "map_t1_probabilities.tif"]
+  one, transform, crs, _ = read_raster(single / "map.tif")
+  first, transform0, _, tags0 = read_raster(series / "map_t0.tif")
+  second, transform1, crs1, tags1 = read_raster(series / "map_t1.tif")
+  np.testing.assert_array_equal(first, one)        # the first input alone gives the same map
+  np.testing.assert_array_equal(read_raster(series / "map_t0_probabilities.tif")[0],
+                                read_raster(single / "map_probabilities.tif")[0])
+  assert first.shape == second.shape and transform0 == transform1 == transform and crs1 == crs
+  # the band folder is the same pixels without the nodata corner: predicted there, and equal where both are whole
+  assert (first == 255).any() and not (second == 255).any()
+  assert (first == second).mean() > 0.9
+  assert (tags0["input_index"], tags0["datetime"]) == ("0", "2020-05-01T00:00:00Z")
+  assert (tags1["input_index"], tags1["datetime"]) == ("1", "2020-06-01T10:30:00Z")
+  index = json.loads((series / "map_series.json").read_text())
+  assert index["task"] == task and [e["input_index"] for e in index["inputs"]] == [0, 1]
+  assert [e["path"] for e in index["inputs"]] == [scene["path"], band_folder]
+  assert [e["datetime"] for e in index["inputs"]] == ["2020-05-01T00:00:00Z", "2020-06-01T10:30:00Z"]
+  assert {e["acquired_from"] for e in index["inputs"]} == {"--datetime"}
+  assert index["inputs"][1]["files"] == ["map_t1.tif", "map_t1_probabilities.tif", "map_t1.png"]   # relative
+  assert index["grid_of"] == scene["path"]
+
+
+def test_series_names_sort_and_stale_files_are_named(tmp_path, caplog):
+  from spectralgpt_jax import predict
+  assert predict.series_path("out/lc.tif", 3, 12) == "out/lc_t03.tif"
+  assert predict.series_path("lc", 0, 2) == "lc_t0.tif"
+  assert predict.series_path("lc.tif", 9, 10) == "lc_t9.tif" and predict.series_path("lc.tif", 0, 11) == "lc_t00.tif"
+  for name in ("lc_t0.tif", "lc_t1.tif", "lc_t2.tif", "lc_t2_probabilities.tif", "lc_total.tif"):
+    (tmp_path / name).write_bytes(b"")
+  ours = [str(tmp_path / "lc_t0.tif"), str(tmp_path / "lc_t1.tif")]
+  with caplog.at_level("WARNING"):
+    predict._warn_of_other_series_files(str(tmp_path / "lc.tif"), ours)
+  assert "1 other lc_t* file(s) from an earlier run are not part of this series (e.g. lc_t2.tif)" in caplog.text
+
+
+def mean_double(tmp_path):
+  """A checkpoint whose model returns each pixel's band mean (geometry without a network; see the commands tests)."""
+  import jax.numpy as jnp
+
+  from spectralgpt_jax import models
+  from spectralgpt_jax.inference import checkpoint as ckpt_lib
+  bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+  double = ckpt_lib.Checkpoint(str(tmp_path), models.build("mae_vit_tiny", img_size=32),
+                               {"task": "pretrain", "bands": bands, "normalization": {"name": "none"}})
+  return double, lambda model, x, noise: jnp.broadcast_to(x.mean(-1, keepdims=True), x.shape)
+
+
+@pytest.mark.parametrize("fail_at", ["reading", "finishing"])
+def test_a_failure_at_a_later_date_publishes_nothing(scene, band_folder, tmp_path, monkeypatch, fail_at):
+  """Outputs are finished date by date and published together: a failure at the second date leaves no file of the
+  first (and no staging directory) in the output folder."""
+  from spectralgpt_jax import predict
+  from spectralgpt_jax.inference import cog, products, writers
+  double, apply = mean_double(tmp_path / "ckpt")
+  out = tmp_path / "out"
+  out.mkdir()
+  if fail_at == "reading":
+    real = products.DenseSink.add
+
+    def add(self, r, batch, outputs):
+      if "_t1" in self.outputs[0][0].path:
+        raise writers.OutputError("a tile of the second date is unreadable")
+      return real(self, r, batch, outputs)
+    monkeypatch.setattr(products.DenseSink, "add", add)
+  else:
+    real = cog.RasterWriter._finish
+
+    def finish(self):
+      if "_t1" in self.path:
+        raise writers.OutputError(f"{self.path}: no space left on device")
+      return real(self)
+    monkeypatch.setattr(cog.RasterWriter, "_finish", finish)
+  opened = [scene_io.open_scene(scene["path"])]
+  opened.append(scene_io.open_scene(band_folder, grid=opened[0]))
+  try:
+    with pytest.raises(writers.OutputError):
+      predict.predict_scenes(double, opened, str(out / "mean.tif"), apply=apply, batch_size=8, progress=False,
+                             series=True)
+  finally:
+    for s in opened:
+      s.close()
+  assert not os.listdir(out)
+
+
+def test_change_detection_times_name_each_date(exports, scene, tmp_path):
+  import rasterio
+  out = tmp_path / "change.tif"
+  assert run_predict(exports["change_detection"], out, scene["path"],
+                     extra=["--input2", scene["path"], "--datetime", "2020-05-01", "--datetime", "2021-05-01"]) == 0
+  with rasterio.open(out) as ds:
+    tags = ds.tags()
+  assert tags["datetime"] == "input: 2020-05-01T00:00:00Z; input2: 2021-05-01T00:00:00Z"
+  assert tags["acquired"] == "input: unknown; input2: unknown" and "input_index" not in tags
+
+
+@pytest.mark.parametrize("task, extra, needle", [
+    ("segmentation", ["--datetime", "2020-05-01"], "--datetime is given 1 time for 2 input scenes; give one"),
+    ("segmentation", ["--cloud_mask", "m.tif"], "--cloud_mask m.tif is one scene's mask file; with 2 --input"),
+    ("change_detection", [], "is a change-detection model: pass --input2 (the later date) with one --input"),
+    ("change_detection", ["--input2", "b.tif"], "--input2 is the later date of one change-detection pair; it "
+                                                "takes one --input, not 2"),
+])
+def test_prediction_series_flags_are_checked_first(exports, scene, tmp_path, capsys, task, extra, needle):
+  out = tmp_path / "out"
+  out.mkdir()
+  assert run_predict(exports[task], out / "map.tif", scene["path"], scene["path"], extra=extra) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and needle in err[0], err
+  assert not os.listdir(out)
+
+
+def test_a_bad_later_input_writes_nothing(exports, scene, tmp_path, capsys):
+  out = tmp_path / "out"
+  out.mkdir()
+  broken = tmp_path / "broken.tif"
+  broken.write_bytes(b"not a tiff")
+  assert run_predict(exports["segmentation"], out / "map.tif", scene["path"], broken) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "broken.tif" in err[0], err
+  assert not os.listdir(out)
+
+
+def test_datetime_counts_every_input_scene():
+  import argparse
+
+  from spectralgpt_jax.inference import cli
+  pair = argparse.Namespace(datetime=["2020-05-01"], input2="later.tif")
+  with pytest.raises(cli.UsageError, match=r"given 1 time for 2 input scenes \(--input, then --input2\); give one"):
+    cli.acquisition_times(pair, 2)
+  assert cli.acquisition_times(argparse.Namespace(datetime=None), 3) is None
+  three = cli.acquisition_times(argparse.Namespace(datetime=["2020-05-01", "2020-06-01", "2020-07-01Z"]), 3)
+  assert [t.month for t in three] == [5, 6, 7] and {t.tzinfo for t in three} == {UTC}

@@ -145,6 +145,30 @@ def test_exception_inside_with_leaves_nothing(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+def test_finished_but_unpublished_is_dropped_on_error(tmp_path):
+  """finish() does the COG work in staging; only publish() puts the file in place (a time series publishes its
+  dates together): an error between the two leaves nothing, and the steps must come in order."""
+  data = _class_scene(300, 400)
+  with pytest.raises(RuntimeError, match="a later date failed"):
+    with _class_writer(tmp_path / "a.tif", width=400, height=300) as w:
+      w.write(data, 0)
+      w.finish()
+      assert os.listdir(tmp_path) == [os.path.basename(w._staging.dir)]     # the COG, still hidden
+      raise RuntimeError("a later date failed")
+  assert os.listdir(tmp_path) == []
+  with _class_writer(tmp_path / "b.tif", width=400, height=300) as w:
+    with pytest.raises(OutputError, match="publish\\(\\) of a writer that is open, not finished"):
+      w.publish()
+    w.write(data, 0)
+    w.finish()
+    with pytest.raises(OutputError, match="finish\\(\\) after the writer was finished"):
+      w.finish()
+    assert w.publish() == str(tmp_path / "b.tif")
+  with rasterio.open(tmp_path / "b.tif") as ds:
+    np.testing.assert_array_equal(ds.read(1), data)
+  assert os.listdir(tmp_path) == ["b.tif"]
+
+
 def test_failed_run_keeps_existing_file(tmp_path):
   path = tmp_path / "out.tif"
   path.write_bytes(b"previous result")
