@@ -101,7 +101,11 @@ def run(args) -> list[str]:
               patches.add(r, batch, None if outputs is None else outputs[1])
             progress.update(len(grid.cols))
       progress.close()
-      written = [table.commit()] + ([patches.writer.commit()] if patches else [])
+      files = [table] + ([patches.writer] if patches else [])
+      for writer in files:    # both finished (the slow part) before either is published
+        writer.finish()
+      writers.publish_together(files)
+      written = [writer.path for writer in files]
     logging.info("%d tiles x %d inputs, %.1f tiles/s", len(grid), len(scenes), progress.rate)
   finally:
     for scene in scenes:

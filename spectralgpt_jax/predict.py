@@ -63,7 +63,8 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
   else:
     p.add_argument("--input2", default=None, help="change detection: the later date")
     p.add_argument("--bands2", default=None, help="band names of an unnamed --input2 file")
-    p.add_argument("--harmonize2", type=cli.harmonize_choice, default="auto", help="--harmonize for --input2")
+    p.add_argument("--harmonize2", type=cli.harmonize_choice, default=None, help="--harmonize for --input2 "
+                   "(default: auto)")
     p.add_argument("--cloud_mask2", default=None, help="--cloud_mask for --input2 (default: --cloud_mask when that "
                    "is auto or off)")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
@@ -75,6 +76,11 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
 def run(args) -> list[str]:
   from spectralgpt_jax.inference import checkpoint as ckpt_lib
   from spectralgpt_jax.inference import scene_io
+  for flag, given in (("--bands2", args.bands2), ("--harmonize2", args.harmonize2)):
+    if given is not None and not args.input2:
+      raise cli.UsageError(f"{flag} is for --input2 (the later date of a change-detection pair), and there is no "
+                           f"--input2" + ("; --" + flag[2:-1] + " applies to every --input" if len(args.input) > 1
+                                          else ""))
   checkpoint = ckpt_lib.load(args.checkpoint)
   task, series = checkpoint.task, len(args.input) > 1
   if task == "change_detection" and not args.input2:
@@ -94,7 +100,8 @@ def run(args) -> list[str]:
   try:
     if args.input2:
       scenes.append(scene_io.open_scene(args.input2, bands=cli.band_list(args.bands2), grid=scenes[0],
-                                        harmonize=args.harmonize2, cloud_mask=masks[1],
+                                        harmonize="auto" if args.harmonize2 is None else args.harmonize2,
+                                        cloud_mask=masks[1],
                                         cloud_classes=args.cloud_classes, cloud_buffer=args.cloud_buffer))
       scene_io.require_bands(scenes[-1], checkpoint.input_bands, f"the checkpoint {args.checkpoint}")
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
@@ -120,17 +127,15 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
   first one's grid (change detection), into `output` (+ probabilities, + a PNG quicklook); with `series`, each
   scene (all on the first one's grid) into its own `series_path` outputs, and `OUT_series.json` listing them.
   `times`: the scenes' acquisition times where --datetime overrides them. Every output is finished (translated
-  to a COG and checked) when its scene is done and all are published together at the end, so a failure at any
-  scene publishes nothing. `apply(model, *inputs)` replaces the task's forward (tests use a double)."""
+  to a COG and checked, its quicklook made) when its scene is done and all are published together at the end
+  (the series index last), so a failure or an interrupt at any scene publishes nothing. `apply(model, *inputs)`
+  replaces the task's forward (tests use a double)."""
   from spectralgpt_jax.inference import engine, products, writers
-  task = checkpoint.task
-  if series and task == "change_detection":
-    raise cli.UsageError("a change-detection model compares one pair of dates (--input, --input2), not a series")
-  grid = cli.tile_grid(scenes[0], checkpoint, overlap, dense=task != "classification")
+  groups = _input_groups(checkpoint.task, len(scenes), series, times)
+  grid = cli.tile_grid(scenes[0], checkpoint, overlap, dense=checkpoint.task != "classification")
   forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
                            batch_size=batch_size, mesh_shape=mesh)
   overridden, times = times is not None, times or [scene.acquired for scene in scenes]
-  groups = [[i] for i in range(len(scenes))] if series else [list(range(len(scenes)))]
   paths = [series_path(output, i, len(scenes)) for i in range(len(scenes))] if series else [output]
   for i, scene in enumerate(scenes if series else scenes[:1]):
     logging.info("%s%s; %d tiles of %d px (stride %d)", f"input {i}: " if series else "", scene.describe(),
@@ -145,27 +150,46 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
                     **({"input_index": str(group[0])} if series else {})}))
         for group, path in zip(groups, paths)]
     for group, sink in zip(groups, sinks):
-      group_scenes = [scenes[i] for i in group]
-      with engine.gdal_cache(group_scenes):
-        for r, batch in engine.tile_batches(group_scenes, checkpoint, grid, min_valid=min_valid):
-          outputs = None
-          if batch.positions:
-            extra = [products.mae_noise(batch.positions, checkpoint.cfg.num_tokens, seed)] if task == "pretrain" else []
-            outputs = forward(*batch.inputs, *extra)
-            if task == "pretrain":
-              outputs = checkpoint.restore(outputs, batch.raw[0], batch.valid)
-          sink.add(r, batch, outputs)
-          bar.update(len(grid.cols))
-        sink.finish()
+      _predict_one(checkpoint, [scenes[i] for i in group], grid, forward, sink, bar, min_valid=min_valid, seed=seed)
     bar.close()
-    files = [sink.publish() for sink in sinks]
+    if series:      # staged with the last output, so that the index appears with the files it lists
+      files = [products.final_paths(sink.writers) for sink in sinks]
+      index = sinks[-1].writers[-1].stage_companion(series_index_path(output))
+      _write_series_index(output, index, checkpoint, scenes, times, overridden, files, command)
+    writers.publish_together([writer for sink in sinks for writer in sink.writers])
+    written = [path for sink in sinks for path in products.final_paths(sink.writers)]
   logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid) * len(groups), time.time() - bar.start, bar.rate)
-  quicklook = products.quicklook_bands(checkpoint)
-  files = [group + [writers.quicklook_png(group[0], rgb_bands=quicklook)] for group in files]
-  written = [path for group in files for path in group]
-  if series:
-    written.append(_write_series_index(output, checkpoint, scenes, times, overridden, files, command))
   return written
+
+
+def _input_groups(task: str, count: int, series: bool, times) -> list[list[int]]:
+  """The scenes of each output: one each in a series, else all of them (one scene, or a change-detection pair)."""
+  if series and task == "change_detection":
+    raise cli.UsageError("a change-detection model compares one pair of dates (--input, --input2), not a series")
+  expected = 2 if task == "change_detection" else 1
+  if not series and count != expected:
+    raise cli.UsageError(f"a {task} prediction takes {expected} scene(s), got {count}" +
+                         (" (series=True gives one output per scene)" if expected == 1 else ""))
+  if times is not None and len(times) != count:
+    raise cli.UsageError(f"{len(times)} acquisition times for {count} scenes")
+  return [[i] for i in range(count)] if series else [list(range(count))]
+
+
+def _predict_one(checkpoint, scenes, grid, forward, sink, bar, *, min_valid: float, seed: int) -> None:
+  """One output: every tile row of `scenes` through the forward into `sink`, which is then finished (unpublished)."""
+  from spectralgpt_jax.inference import engine, products
+  mae = checkpoint.task == "pretrain"
+  with engine.gdal_cache(scenes):
+    for r, batch in engine.tile_batches(scenes, checkpoint, grid, min_valid=min_valid):
+      outputs = None
+      if batch.positions:
+        extra = [products.mae_noise(batch.positions, checkpoint.cfg.num_tokens, seed)] if mae else []
+        outputs = forward(*batch.inputs, *extra)
+        if mae:
+          outputs = checkpoint.restore(outputs, batch.raw[0], batch.valid)
+      sink.add(r, batch, outputs)
+      bar.update(len(grid.cols))
+    sink.finish(quicklook=True)
 
 
 def _warn_of_other_series_files(output: str, paths: list[str]) -> None:
@@ -181,17 +205,20 @@ def _warn_of_other_series_files(output: str, paths: list[str]) -> None:
                     os.path.basename(stem) + "_t*", os.path.basename(others[0]), os.path.basename(stem))
 
 
-def _write_series_index(output, checkpoint, scenes, times, overridden: bool, files, command: str) -> str:
-  """OUT_series.json: per input (in --input order) its record and its files (relative to the JSON's folder)."""
+def series_index_path(output: str) -> str:
+  return f"{os.path.splitext(output)[0]}_series.json"
+
+
+def _write_series_index(output, staged: str, checkpoint, scenes, times, overridden: bool, files, command: str):
+  """OUT_series.json (written to `staged`): per input (in --input order) its record and its files (relative to the
+  JSON's folder)."""
   from spectralgpt_jax.tasks import reporting
-  stem, _ = os.path.splitext(output)
-  index = f"{stem}_series.json"
-  folder = os.path.dirname(os.path.abspath(index))
+  folder = os.path.dirname(os.path.abspath(series_index_path(output)))
   entries = [{"input_index": i, **cli.input_record(scene, when, overridden),
               "files": [os.path.relpath(path, folder) for path in group]}
              for i, (scene, when, group) in enumerate(zip(scenes, times, files))]
-  return reporting.write_json(index, {"checkpoint": os.path.abspath(checkpoint.path), "task": checkpoint.task,
-                                      "command": command, "grid_of": scenes[0].source, "inputs": entries})
+  reporting.write_json(staged, {"checkpoint": os.path.abspath(checkpoint.path), "task": checkpoint.task,
+                                "command": command, "grid_of": scenes[0].source, "inputs": entries})
 
 
 def main(argv: list[str] | None = None) -> int:

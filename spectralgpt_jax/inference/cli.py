@@ -174,7 +174,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
   from spectralgpt_jax.inference.scene_io import SceneError
   from spectralgpt_jax.inference.writers import OutputError
   from spectralgpt_jax.interop import CheckpointError
-  return (UsageError, SceneError, OutputError, CheckpointNotFound, CheckpointError, FileNotFoundError)
+  from spectralgpt_jax.sharding import MeshError
+  return (UsageError, SceneError, OutputError, CheckpointNotFound, CheckpointError, MeshError, FileNotFoundError)
 
 
 def _terminate_cleanly() -> None:
@@ -183,6 +184,19 @@ def _terminate_cleanly() -> None:
   import threading
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _raise_open_file_limit() -> None:
+  """A time series keeps every input open (one GDAL dataset per band file: ~15 per .SAFE date), which passes the
+  usual soft limit of 1024 open files at ~60 dates; the hard limit, which a process may take, is far higher."""
+  try:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard     # Linux refuses an infinite NOFILE
+    if soft != resource.RLIM_INFINITY and soft < target:
+      resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+  except (ImportError, ValueError, OSError):   # not POSIX, or not allowed: keep the limit there is
+    pass
 
 
 def _interrupt(signum, frame):
@@ -197,6 +211,7 @@ def main(run: Callable, args) -> int:
   from spectralgpt_jax import runtime
   logging.info("runtime: %s", runtime.describe())
   _terminate_cleanly()
+  _raise_open_file_limit()
   try:
     written = run(args)
   except _known_errors() as e:

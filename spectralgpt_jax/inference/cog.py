@@ -217,6 +217,7 @@ class RasterWriter(StagedWriter):
     valid, errors, _ = cog_validate(cog, quiet=True)
     if not valid:
       raise self._fail(f"the translated file is not a valid COG ({'; '.join(errors)})")
+    os.remove(self._stage_path)   # a finished COG may wait for the other dates of a series: free its disk now
     return cog
 
   def _translate(self, cog: str) -> None:

@@ -44,11 +44,16 @@ class Forward:
   `batch_size` (the last tiles of a row) are padded and the padding dropped again."""
 
   def __init__(self, model, apply: Callable, *, batch_size: int, mesh_shape: Sequence[int] = (-1, 1, 1)):
-    self.mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh_shape)))
+    try:
+      self.mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh_shape)))
+    except sharding.MeshError:    # its message names config.mesh, the training config's key
+      raise sharding.MeshError(
+          f"--mesh {','.join(str(s) for s in mesh_shape)}: cannot be formed from the {jax.device_count()} devices "
+          "(data,fsdp,model sizes that multiply to the device count; one may be -1 to take the rest)") from None
     parallel = sharding.data_parallel_size(self.mesh)
     if batch_size < 1 or batch_size % parallel:
-      raise ValueError(f"--batch_size={batch_size}: must be a positive multiple of the {parallel} data-parallel "
-                       "devices of --mesh")
+      raise sharding.MeshError(f"--batch_size={batch_size}: must be a positive multiple of the {parallel} "
+                               "data-parallel devices of --mesh")
     self.batch_size = batch_size
     graphdef, state = nnx.split(model)
     self._shardings = sharding.shardings_for(state, nnx.get_partition_spec(state), self.mesh)

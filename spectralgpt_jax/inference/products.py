@@ -75,7 +75,70 @@ def probability_path(path: str) -> str:
   return f"{stem}_probabilities{ext or '.tif'}"
 
 
-class DenseSink:
+class _Sink:
+  """What both sinks share: their writers (the main output first) are entered, finished and published together."""
+
+  writers: list
+
+  def _open(self, *factories) -> None:
+    """Creates the writers; if one cannot be created, drops the staging of those already made."""
+    self.writers = []
+    try:
+      for make in factories:
+        self.writers.append(make())
+    except BaseException:
+      for writer in self.writers:
+        writer.abort()
+      raise
+
+  def __enter__(self):
+    for writer in self.writers:
+      writer.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    for writer in self.writers:
+      writer.__exit__(*exc)
+    return False
+
+  def commit(self) -> list[str]:
+    self.finish()
+    return self.publish()
+
+  def finish(self, quicklook: bool = False) -> None:
+    """Every output translated and checked, still unpublished (see writers.StagedWriter); with `quicklook`, the
+    main output's PNG made from its finished COG in staging, so that it is published with it."""
+    for writer in self.writers:
+      writer.finish()
+    if quicklook:
+      main = self.writers[0]
+      png = os.path.splitext(main.path)[0] + ".png"
+      writers.quicklook_png(main.finished_path, main.stage_companion(png), rgb_bands=quicklook_bands(self.checkpoint))
+
+  def publish(self) -> list[str]:
+    writers.publish_together(self.writers)
+    return final_paths(self.writers)
+
+
+def final_paths(outputs: list) -> list[str]:
+  """The writers' paths, then their companions' (the quicklook), as they are once published."""
+  return [writer.path for writer in outputs] + [path for writer in outputs for path in writer.companion_paths()]
+
+
+def _class_map_writers(output: str, names, tags: dict, geo: dict, probabilities: bool) -> list:
+  """Factories of a class map's writers: the uint8 map (colour table, class names) [+ float32 probabilities]."""
+  def class_map():
+    return writers.RasterWriter(output, count=1, dtype="uint8", nodata=CLASS_NODATA, band_descriptions=["class"],
+                                colormap=writers.class_colormap(len(names), names), tags=tags,
+                                band_tags=[writers.class_band_tags(names)], kind="classes", **geo)
+
+  def probability_map():
+    return writers.RasterWriter(probability_path(output), count=len(names), dtype="float32", nodata=float("nan"),
+                                band_descriptions=list(names), tags=tags, kind="continuous", **geo)
+  return [class_map] + ([probability_map] if probabilities else [])
+
+
+class DenseSink(_Sink):
   """Blends tile outputs row strip by row strip and writes class map [+ probabilities] or reconstruction."""
 
   def __init__(self, grid: TileGrid, scene, checkpoint, output: str, *, probabilities: bool, command: str,
@@ -86,32 +149,14 @@ class DenseSink:
     self.blender = StripBlender(grid, channels)
     geo = dict(crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height)
     tags = _tags(checkpoint, command, input_tags)
-    self.outputs: list[tuple[writers.RasterWriter, str]] = []
     if self.reconstruction:
-      self.outputs.append((writers.RasterWriter(output, count=channels, dtype="float32", nodata=float("nan"),
-                                                band_descriptions=list(checkpoint.model_bands), tags=tags,
-                                                kind="continuous", **geo), "values"))
+      self.renders = ["values"]
+      self._open(lambda: writers.RasterWriter(output, count=channels, dtype="float32", nodata=float("nan"),
+                                              band_descriptions=list(checkpoint.model_bands), tags=tags,
+                                              kind="continuous", **geo))
       return
-    names = checkpoint.class_names
-    self.outputs.append((writers.RasterWriter(
-        output, count=1, dtype="uint8", nodata=CLASS_NODATA, band_descriptions=["class"],
-        colormap=writers.class_colormap(len(names), names), tags=tags,
-        band_tags=[{"class_names": _json(names), **{f"class_{i}": n for i, n in enumerate(names)}}],
-        kind="classes", **geo), "classes"))
-    if probabilities:
-      self.outputs.append((writers.RasterWriter(
-          probability_path(output), count=channels, dtype="float32", nodata=float("nan"), band_descriptions=names,
-          tags=tags, kind="continuous", **geo), "probabilities"))
-
-  def __enter__(self):
-    for writer, _ in self.outputs:
-      writer.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    for writer, _ in self.outputs:
-      writer.__exit__(*exc)
-    return False
+    self.renders = ["classes"] + (["probabilities"] if probabilities else [])
+    self._open(*_class_map_writers(output, checkpoint.class_names, tags, geo, probabilities))
 
   def add(self, r: int, batch: TileBatch, outputs: np.ndarray | None) -> None:
     preds: list[np.ndarray | None] = [None] * len(self.grid.cols)
@@ -123,7 +168,7 @@ class DenseSink:
     top, values, covered = done
     y = self.grid.rows[r]
     valid = batch.strip_valid[top - y:top - y + values.shape[0], :self.grid.width] & covered
-    for writer, what in self.outputs:
+    for writer, what in zip(self.writers, self.renders):
       writer.write(self._render(what, values, valid), top)
 
   def _render(self, what: str, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -133,20 +178,8 @@ class DenseSink:
       values = np.asarray(jax.nn.softmax(jnp.asarray(values), axis=-1))
     return np.where(valid[..., None], values, np.nan).astype(np.float32)
 
-  def commit(self) -> list[str]:
-    self.finish()
-    return self.publish()
 
-  def finish(self) -> None:
-    """Every output translated and checked, still unpublished (see writers.StagedWriter)."""
-    for writer, _ in self.outputs:
-      writer.finish()
-
-  def publish(self) -> list[str]:
-    return [writer.publish() for writer, _ in self.outputs]
-
-
-class TileSink:
+class TileSink(_Sink):
   """Classification: one output pixel per tile, centred in it (the tile stride is the pixel size)."""
 
   def __init__(self, grid: TileGrid, scene, checkpoint, output: str, *, probabilities: bool, command: str,
@@ -155,26 +188,8 @@ class TileSink:
     offset = (grid.tile - grid.stride) / 2
     transform = scene.transform @ Affine.translation(offset, offset) @ Affine.scale(grid.stride)
     geo = dict(crs=scene.crs, transform=transform, width=len(grid.cols), height=len(grid.rows))
-    names, tags = checkpoint.class_names, _tags(checkpoint, command, input_tags)
-    self.writers = [writers.RasterWriter(
-        output, count=1, dtype="uint8", nodata=CLASS_NODATA, band_descriptions=["class"],
-        colormap=writers.class_colormap(len(names), names), tags=tags,
-        band_tags=[{"class_names": _json(names), **{f"class_{i}": n for i, n in enumerate(names)}}],
-        kind="classes", **geo)]
-    if probabilities:
-      self.writers.append(writers.RasterWriter(
-          probability_path(output), count=len(names), dtype="float32", nodata=float("nan"),
-          band_descriptions=names, tags=tags, kind="continuous", **geo))
-
-  def __enter__(self):
-    for writer in self.writers:
-      writer.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    for writer in self.writers:
-      writer.__exit__(*exc)
-    return False
+    self._open(*_class_map_writers(output, checkpoint.class_names, _tags(checkpoint, command, input_tags), geo,
+                                   probabilities))
 
   def add(self, r: int, batch: TileBatch, outputs: np.ndarray | None) -> None:
     k = len(self.checkpoint.class_names)
@@ -186,22 +201,6 @@ class TileSink:
     self.writers[0].write(labels, r)
     if len(self.writers) > 1:
       self.writers[1].write(probs, r)
-
-  def commit(self) -> list[str]:
-    self.finish()
-    return self.publish()
-
-  def finish(self) -> None:
-    for writer in self.writers:
-      writer.finish()
-
-  def publish(self) -> list[str]:
-    return [writer.publish() for writer in self.writers]
-
-
-def _json(values) -> str:
-  import json
-  return json.dumps(list(values))
 
 
 def make_sink(grid: TileGrid, scene, checkpoint, output: str, **kwargs) -> Any:

@@ -12,6 +12,7 @@ import at the bottom of this file would break when a submodule is imported first
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import importlib
 import json
 import os
@@ -73,8 +74,11 @@ class Staging:
   def active(self) -> bool:
     return self._finalizer.alive
 
-  def publish(self, tmp: str) -> str:
+  def publish(self, tmp: str, companions=()) -> str:
+    """Moves `tmp` onto `path`, then each (staged file, final path) of `companions`, then removes the directory."""
     os.replace(tmp, self.path)
+    for staged, final in companions:
+      os.replace(staged, final)
     self.discard()
     return self.path
 
@@ -86,11 +90,14 @@ class StagedWriter:
   """What both writers share: `commit()` publishes the finished file atomically, `abort()` drops the staged data
   (safe to call twice), and leaving a `with` block without `commit()` aborts (with a warning when no exception is
   on its way). `commit()` is `finish()` (the slow part: translate and check the file, still in staging) then
-  `publish()` (one rename), so that several files can be finished one by one and published together.
+  `publish()` (one rename), so that several files can be finished one by one and published together. Between the
+  two, `stage_companion()` gives a staging path for a file derived from the finished one (its quicklook), which
+  `publish()` moves into place right after it and `abort()` drops with it.
   Subclasses set `path`, `_staging` and `_state` ("open" / "finished" / "committed" / "aborted"), finish and check
   their file in `_finish() -> temporary path`, close it in `_close_file()`, and name it in errors with `KIND`."""
 
   KIND = "file"
+  _companions: tuple = ()   # (staged path, final path) of files published with this one; set per instance
 
   def _close_file(self) -> None:
     raise NotImplementedError
@@ -112,13 +119,38 @@ class StagedWriter:
     self._finished = self._guarded(self._finish)
     self._state = "finished"
 
+  @property
+  def finished_path(self) -> str:
+    """The finished, checked file, still in staging (to derive companions from before publishing)."""
+    if self._state != "finished":
+      raise self._fail(f"finished_path of a writer that is {self._state}, not finished")
+    return self._finished
+
+  def stage_companion(self, final_path: str) -> str:
+    """A staging path for a file made from the finished one; publish() moves it onto `final_path` (listed by
+    `companion_paths()`), abort() drops it."""
+    if self._state != "finished":
+      raise self._fail(f"stage_companion() of a writer that is {self._state}, not finished")
+    final_path = os.path.abspath(os.fspath(final_path))
+    staged = self._staging.file(f"companion{len(self._companions)}_{os.path.basename(final_path)}")
+    self._companions = (*self._companions, (staged, final_path))
+    return staged
+
   def publish(self) -> str:
-    """Moves the finished file onto `path` (atomic) and returns that path."""
+    """Moves the finished file onto `path` (atomic), then its companions, and returns `path`."""
     if self._state != "finished":
       raise self._fail(f"publish() of a writer that is {self._state}, not finished")
-    self._guarded(lambda: self._staging.publish(self._finished))
+    missing = [staged for staged, _ in self._companions if not os.path.isfile(staged)]
+    if missing:
+      self.abort()
+      raise self._fail(f"a companion file was staged but never written ({os.path.basename(missing[0])})")
+    self._guarded(lambda: self._staging.publish(self._finished, self._companions))
     self._state = "committed"
     return self.path
+
+  def companion_paths(self) -> list[str]:
+    """The final paths of the companions staged so far, in staging order."""
+    return [final for _, final in self._companions]
 
   def _guarded(self, step):
     try:
@@ -149,6 +181,43 @@ class StagedWriter:
         warnings.warn(f"{self.path}: writer closed without commit(); nothing was saved", RuntimeWarning,
                       stacklevel=2)
     return False
+
+
+def publish_together(outputs: Sequence[StagedWriter]) -> None:
+  """Publishes finished writers (renames, fast) with SIGINT/SIGTERM held until the last, so that an interrupt
+  cannot leave some of them in place; a failed rename drops the rest and names the files already in place."""
+  done: list[str] = []
+  with _signals_held():
+    for i, writer in enumerate(outputs):
+      try:
+        writer.publish()
+      except BaseException as e:
+        for rest in outputs[i + 1:]:
+          rest.abort()
+        if done and isinstance(e, OutputError):
+          raise OutputError(f"{e}; already in place: {', '.join(done)}") from e
+        raise
+      done += [writer.path, *writer.companion_paths()]
+
+
+@contextlib.contextmanager
+def _signals_held():
+  """SIGINT and SIGTERM arriving inside the block raise KeyboardInterrupt when it ends (main thread only)."""
+  import signal
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  held = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+          for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for sig, handler in held.items():
+      signal.signal(sig, handler)
+  if received:
+    raise KeyboardInterrupt
 
 
 def tag_text(value) -> str:

@@ -13,6 +13,7 @@ from demo_crop import CANONICAL, NODATA_CORNER, write_multiband
 from spectralgpt_jax import embed, predict
 from spectralgpt_jax.inference import checkpoint as ckpt_lib
 from spectralgpt_jax.inference import scene_io
+from spectralgpt_jax.inference.writers import OutputError
 
 
 def run_predict(checkpoint, scene_path, output, *extra):
@@ -225,6 +226,15 @@ def test_unreadable_file(exports, tmp_path, out_dir, capsys):
   _expect_error(capsys, tmp_path, run_predict(exports["segmentation"], broken, out_dir / "o.tif"), "broken.tif")
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--batch_size", "0"], "--batch_size=0: must be a positive multiple of the"),
+    (["--mesh", "1,1,1000"], "--mesh 1,1,1000: cannot be formed from the"),
+])
+def test_an_impossible_batch_or_mesh_is_one_line(exports, scene, tmp_path, out_dir, capsys, extra, needle):
+  _expect_error(capsys, tmp_path, run_predict(exports["segmentation"], scene["path"], out_dir / "o.tif", *extra),
+                needle)
+
+
 def test_dates_that_do_not_overlap(exports, scene, tmp_path, out_dir, capsys):
   far = write_multiband(tmp_path / "far.tif", scene["data"], scene["transform"] @ Affine.translation(10_000, 0),
                         scene["crs"], CANONICAL)
@@ -256,3 +266,30 @@ def test_official_pth_file_points_to_convert(scene, tmp_path, out_dir, capsys):
   pth.write_bytes(b"PK\x03\x04")
   code = run_predict(str(pth), scene["path"], out_dir / "o.tif")
   _expect_error(capsys, tmp_path, code, "SpectralGPT+.pth", "spectralgpt_jax.interop.convert")
+
+
+def test_embed_publishes_neither_file_when_the_patch_grid_fails(exports, scene, tmp_path, out_dir, capsys,
+                                                                monkeypatch):
+  """The table and the per-patch COG are both finished before either is published."""
+  from spectralgpt_jax.inference import cog, writers
+
+  def finish(self):
+    raise writers.OutputError(f"{self.path}: no space left on device")
+  monkeypatch.setattr(cog.RasterWriter, "_finish", finish)
+  code = embed.main(["--checkpoint", exports["pretrain"], "--input", scene["path"], "--output",
+                     str(out_dir / "emb.parquet"), "--per_patch", str(out_dir / "patches.tif"), "--no_progress"])
+  _expect_error(capsys, tmp_path, code, "patches.tif: no space left on device")
+
+
+def test_an_output_that_cannot_be_created_leaves_no_staging(exports, scene, tmp_path, out_dir, capsys):
+  """The class map's writer is made before the probabilities' one fails: its staging directory goes at once."""
+  (out_dir / "o_probabilities.tif").mkdir()
+  code = run_predict(exports["segmentation"], scene["path"], out_dir / "o.tif", "--probabilities")
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and len(err) == 1 and "o_probabilities.tif: is a directory" in err[0], err
+  assert os.listdir(out_dir) == ["o_probabilities.tif"]
+  args = predict.parse_args(["--checkpoint", exports["segmentation"], "--input", str(scene["path"]), "--output",
+                             str(out_dir / "o.tif"), "--probabilities", "--no_progress"])
+  with pytest.raises(OutputError, match="is a directory") as failure:  # keeps the frames (and writers) alive
+    predict.run(args)
+  assert failure.value and os.listdir(out_dir) == ["o_probabilities.tif"]   # not left to the garbage collector

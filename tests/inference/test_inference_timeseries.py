@@ -1,4 +1,5 @@
-"""Acquisition times of scenes, and embedding time series: several inputs on the first one's grid, one table."""
+"""Acquisition times of scenes, and time series: several inputs on the first one's grid (embed: one table; predict:
+one map per input, published together)."""
 import datetime
 import json
 import os
@@ -156,6 +157,24 @@ def read_raster(path):
     return ds.read(), ds.transform, ds.crs, ds.tags()
 
 
+def test_a_later_scene_of_another_extent_is_mapped_on_the_first_grid(exports, scene, tmp_path):
+  """The second date covers only the east of the first (its own, smaller grid): its map has the first's shape and
+  transform, nodata where it has no pixels, and predictions where it has."""
+  from affine import Affine
+
+  from demo_crop import CANONICAL, write_multiband
+  cut = 40
+  east = write_multiband(tmp_path / "east.tif", scene["data"][:, cut:], scene["transform"] @ Affine.translation(cut, 0),
+                         scene["crs"], CANONICAL)
+  out = tmp_path / "series"
+  assert run_predict(exports["segmentation"], out / "map.tif", scene["path"], east) == 0
+  first, transform0, crs0, _ = read_raster(out / "map_t0.tif")
+  second, transform1, crs1, _ = read_raster(out / "map_t1.tif")
+  assert first.shape == second.shape == (1, *scene["data"].shape[:2]) and transform0 == transform1 == scene["transform"]
+  assert crs0 == crs1 == scene["crs"]
+  assert (second[0, :, :cut] == 255).all() and (second[0, :, cut:] != 255).all()
+
+
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
 def test_a_prediction_time_series_is_one_map_per_input_on_the_first_grid(exports, scene, band_folder, tmp_path,
                                                                          task):
@@ -211,10 +230,10 @@ def mean_double(tmp_path):
   return double, lambda model, x, noise: jnp.broadcast_to(x.mean(-1, keepdims=True), x.shape)
 
 
-@pytest.mark.parametrize("fail_at", ["reading", "finishing"])
+@pytest.mark.parametrize("fail_at", ["reading", "finishing", "quicklook"])
 def test_a_failure_at_a_later_date_publishes_nothing(scene, band_folder, tmp_path, monkeypatch, fail_at):
-  """Outputs are finished date by date and published together: a failure at the second date leaves no file of the
-  first (and no staging directory) in the output folder."""
+  """Outputs are finished date by date and published together: a failure at the second date (or an interrupt
+  while its quicklook is made) leaves no file of the first (and no staging directory) in the output folder."""
   from spectralgpt_jax import predict
   from spectralgpt_jax.inference import cog, products, writers
   double, apply = mean_double(tmp_path / "ckpt")
@@ -224,10 +243,18 @@ def test_a_failure_at_a_later_date_publishes_nothing(scene, band_folder, tmp_pat
     real = products.DenseSink.add
 
     def add(self, r, batch, outputs):
-      if "_t1" in self.outputs[0][0].path:
+      if "_t1" in self.writers[0].path:
         raise writers.OutputError("a tile of the second date is unreadable")
       return real(self, r, batch, outputs)
     monkeypatch.setattr(products.DenseSink, "add", add)
+  elif fail_at == "quicklook":
+    real = writers.quicklook_png
+
+    def quicklook(cog_path, png_path=None, **kwargs):
+      if "_t1" in str(png_path or cog_path):
+        raise KeyboardInterrupt
+      return real(cog_path, png_path, **kwargs)
+    monkeypatch.setattr(writers, "quicklook_png", quicklook)
   else:
     real = cog.RasterWriter._finish
 
@@ -239,7 +266,7 @@ def test_a_failure_at_a_later_date_publishes_nothing(scene, band_folder, tmp_pat
   opened = [scene_io.open_scene(scene["path"])]
   opened.append(scene_io.open_scene(band_folder, grid=opened[0]))
   try:
-    with pytest.raises(writers.OutputError):
+    with pytest.raises(KeyboardInterrupt if fail_at == "quicklook" else writers.OutputError):
       predict.predict_scenes(double, opened, str(out / "mean.tif"), apply=apply, batch_size=8, progress=False,
                              series=True)
   finally:
@@ -263,6 +290,9 @@ def test_change_detection_times_name_each_date(exports, scene, tmp_path):
     ("segmentation", ["--datetime", "2020-05-01"], "--datetime is given 1 time for 2 input scenes; give one"),
     ("segmentation", ["--cloud_mask", "m.tif"], "--cloud_mask m.tif is one scene's mask file; with 2 --input"),
     ("change_detection", [], "is a change-detection model: pass --input2 (the later date) with one --input"),
+    ("segmentation", ["--bands2", "B04,B03"], "--bands2 is for --input2 (the later date of a change-detection "
+                                              "pair), and there is no --input2; --bands applies to every --input"),
+    ("segmentation", ["--harmonize2", "0"], "--harmonize2 is for --input2"),
     ("change_detection", ["--input2", "b.tif"], "--input2 is the later date of one change-detection pair; it "
                                                 "takes one --input, not 2"),
 ])
@@ -296,3 +326,24 @@ def test_datetime_counts_every_input_scene():
   assert cli.acquisition_times(argparse.Namespace(datetime=None), 3) is None
   three = cli.acquisition_times(argparse.Namespace(datetime=["2020-05-01", "2020-06-01", "2020-07-01Z"]), 3)
   assert [t.month for t in three] == [5, 6, 7] and {t.tzinfo for t in three} == {UTC}
+
+
+def test_commands_raise_the_open_file_limit_to_the_hard_one(monkeypatch):
+  """A long series keeps every input's band files open; the commands take the hard limit of open files."""
+  import resource
+
+  from spectralgpt_jax.inference import cli
+  calls = []
+  monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 524288))
+  monkeypatch.setattr(resource, "setrlimit", lambda which, limits: calls.append((which, limits)))
+  cli._raise_open_file_limit()
+  assert calls == [(resource.RLIMIT_NOFILE, (524288, 524288))]
+  calls.clear()
+  monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, resource.RLIM_INFINITY))
+  cli._raise_open_file_limit()
+  assert calls == [(resource.RLIMIT_NOFILE, (1 << 20, resource.RLIM_INFINITY))]
+
+  def refuse(which, limits):
+    raise ValueError("not allowed")
+  monkeypatch.setattr(resource, "setrlimit", refuse)
+  cli._raise_open_file_limit()                  # a refusal keeps the limit there is, silently

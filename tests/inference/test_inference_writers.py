@@ -154,6 +154,7 @@ def test_finished_but_unpublished_is_dropped_on_error(tmp_path):
       w.write(data, 0)
       w.finish()
       assert os.listdir(tmp_path) == [os.path.basename(w._staging.dir)]     # the COG, still hidden
+      assert os.listdir(w._staging.dir) == ["cog.tif"]                     # the stage file's disk is freed
       raise RuntimeError("a later date failed")
   assert os.listdir(tmp_path) == []
   with _class_writer(tmp_path / "b.tif", width=400, height=300) as w:
@@ -167,6 +168,34 @@ def test_finished_but_unpublished_is_dropped_on_error(tmp_path):
   with rasterio.open(tmp_path / "b.tif") as ds:
     np.testing.assert_array_equal(ds.read(1), data)
   assert os.listdir(tmp_path) == ["b.tif"]
+
+
+def test_companions_are_published_with_the_file_and_dropped_with_it(tmp_path):
+  """A file derived from the finished one (the quicklook) is staged beside it and appears only when it does."""
+  from spectralgpt_jax.inference import writers
+  data = _class_scene(300, 400)
+  with _class_writer(tmp_path / "a.tif", width=400, height=300) as w:
+    w.write(data, 0)
+    with pytest.raises(OutputError, match="stage_companion\(\) of a writer that is open"):
+      w.stage_companion(tmp_path / "a.png")
+    w.finish()
+    png = writers.quicklook_png(w.finished_path, w.stage_companion(tmp_path / "a.png"))
+    assert os.path.dirname(png) == w._staging.dir and os.listdir(tmp_path) == [os.path.basename(w._staging.dir)]
+    assert w.publish() == str(tmp_path / "a.tif") and w.companion_paths() == [str(tmp_path / "a.png")]
+  assert sorted(os.listdir(tmp_path)) == ["a.png", "a.tif"]
+  with pytest.raises(KeyboardInterrupt):                          # interrupted after its quicklook: neither file
+    with _class_writer(tmp_path / "b.tif", width=400, height=300) as w:
+      w.write(data, 0)
+      w.finish()
+      writers.quicklook_png(w.finished_path, w.stage_companion(tmp_path / "b.png"))
+      raise KeyboardInterrupt
+  with _class_writer(tmp_path / "c.tif", width=400, height=300) as w:  # staged, never written: nothing published
+    w.write(data, 0)
+    w.finish()
+    w.stage_companion(tmp_path / "c.png")
+    with pytest.raises(OutputError, match="c.tif: a companion file was staged but never written \(companion0_c"):
+      w.publish()
+  assert sorted(os.listdir(tmp_path)) == ["a.png", "a.tif"]
 
 
 def test_failed_run_keeps_existing_file(tmp_path):
@@ -404,3 +433,42 @@ def test_projjson_without_epsg_code():
   crs = CRS.from_proj4("+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m")
   doc = geoparquet.projjson(crs)
   assert doc["type"] == "ProjectedCRS" and geoparquet.projjson(None) is None
+
+
+def test_publish_together_holds_interrupts_and_names_what_is_in_place(tmp_path, monkeypatch):
+  """Several finished files are published as one step: an interrupt during it waits for the last rename, and a
+  failed rename drops the files not yet published and says which are already in place."""
+  import signal
+
+  from spectralgpt_jax.inference import writers
+  data = _class_scene(300, 400)
+
+  def finished(name):
+    w = _class_writer(tmp_path / name, width=400, height=300)
+    w.write(data, 0)
+    w.finish()
+    return w
+  first, second = finished("a.tif"), finished("b.tif")
+  real = writers.Staging.publish
+
+  def publish_then_signal(self, tmp, companions=()):
+    path = real(self, tmp, companions)
+    if path.endswith("a.tif"):
+      signal.raise_signal(signal.SIGINT)            # Ctrl-C between the two renames
+    return path
+  monkeypatch.setattr(writers.Staging, "publish", publish_then_signal)
+  with pytest.raises(KeyboardInterrupt):
+    writers.publish_together([first, second])
+  assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif"]     # both, or (without the hold) only a.tif
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+  third, fourth, fifth = finished("c.tif"), finished("d.tif"), finished("e.tif")
+
+  def full_disk(self, tmp, companions=()):
+    if self.path.endswith("d.tif"):
+      raise OSError(28, "No space left on device")
+    return real(self, tmp, companions)
+  monkeypatch.setattr(writers.Staging, "publish", full_disk)
+  with pytest.raises(OutputError, match=r"d.tif: cannot write the COG .*No space left.*; already in place: .*c.tif$"):
+    writers.publish_together([third, fourth, fifth])
+  assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif", "c.tif"]    # e.tif dropped, no staging left
