@@ -5,6 +5,8 @@ r"""Scene-scale prediction with any checkpoint: a georeferenced Cloud-Optimized 
       --output change.tif --probabilities
   python -m spectralgpt_jax.predict --checkpoint CKPT --input bands_folder/ --output out.tif --batch_size 64
   python -m spectralgpt_jax.predict --checkpoint CKPT --input MAY.SAFE --input JULY.SAFE --output lc.tif
+  python -m spectralgpt_jax.predict --checkpoint runs/oscd_demo --input 2019.SAFE --input 2020.SAFE \
+      --input 2021.SAFE --output change.tif      # change_t0_t1.tif, change_t1_t2.tif, change_series.json
 
 By the checkpoint's task (its metadata.json): segmentation -> class map; change detection (`--input2`, the later
 date, resampled onto the first date's grid) -> change map; classification -> per-tile label map (one pixel per
@@ -17,7 +19,9 @@ processing-baseline 04.00 offset (DN - 1000 since 2022) as the product's metadat
 stored DN, a number adds that many DN. `--cloud_mask auto` (or a mask file) makes the pixels a cloud mask flags
 nodata (L2A SCL classes 3,8,9,10 by default; `--cloud_classes` chooses). Several `--input`s (dates of one area)
 make a time series: each on the first one's grid, one output per input (`lc_t0.tif`, `lc_t1.tif`, ...) listed with
-its acquisition time in `lc_series.json`. Bad input stops with one line, writing nothing.
+its acquisition time in `lc_series.json`; with a change-detection model, one change map per pair of dates
+(`--pairs consecutive`: `change_t0_t1.tif`, `change_t1_t2.tif`, ...; `--pairs first`: `change_t0_t1.tif`,
+`change_t0_t2.tif`, ...). Bad input stops with one line, writing nothing.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ import sys
 import time
 
 from spectralgpt_jax.inference import cli
+
+PAIRINGS = ("consecutive", "first")
 
 
 def parse_args(argv, *, description=__doc__, embed: bool = False):
@@ -67,6 +73,9 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
                    "(default: auto)")
     p.add_argument("--cloud_mask2", default=None, help="--cloud_mask for --input2 (default: --cloud_mask when that "
                    "is auto or off)")
+    p.add_argument("--pairs", choices=PAIRINGS, default=None, help="change detection over several --input: "
+                   "compare each date with the next (consecutive, the default) or the first with each later one "
+                   "(first); one change map per pair, OUT_t0_t1.tif, ...")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     p.add_argument("--mask_ratio", type=float, default=None, help="MAE: masking ratio (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="MAE: seed of the per-tile masks")
@@ -83,9 +92,13 @@ def run(args) -> list[str]:
                                           else ""))
   checkpoint = ckpt_lib.load(args.checkpoint)
   task, series = checkpoint.task, len(args.input) > 1
-  if task == "change_detection" and not args.input2:
+  if args.pairs is not None and (task != "change_detection" or not series):
+    raise cli.UsageError(f"--pairs {args.pairs} chooses the pairs of a change-detection series (several --input); "
+                         + (f"{args.checkpoint} is {task}" if task != "change_detection"
+                            else f"there is one --input for {args.checkpoint}"))
+  if task == "change_detection" and not args.input2 and not series:
     raise cli.UsageError(f"--checkpoint {args.checkpoint} is a change-detection model: pass --input2 (the "
-                         "later date)" + (" with one --input; run it once per pair of dates" if series else ""))
+                         "later date), or several --input for a change map per pair of dates")
   if task != "change_detection" and args.input2:
     raise cli.UsageError(f"--input2 is for change-detection checkpoints; {args.checkpoint} is {task}")
   if series and args.input2:
@@ -107,36 +120,41 @@ def run(args) -> list[str]:
     return predict_scenes(checkpoint, scenes, args.output, batch_size=args.batch_size, overlap=args.overlap,
                           mesh=mesh, probabilities=args.probabilities, mask_ratio=args.mask_ratio, seed=args.seed,
                           min_valid=args.min_valid_fraction, series=series, times=times,
+                          pairs=args.pairs or "consecutive",
                           progress=not args.no_progress, command=" ".join(shlex.quote(a) for a in sys.argv))
   finally:
     for scene in scenes:
       scene.close()
 
 
-def series_path(output: str, index: int, count: int) -> str:
-  """The output of input `index` of a time series of `count`: OUT_t0.tif, ... (zero-padded, so names sort)."""
+def series_path(output: str, index: int, count: int, later: int | None = None) -> str:
+  """The output of input `index` of a time series of `count`: OUT_t0.tif, ... (zero-padded, so names sort); of the
+  change-detection pair (index, later): OUT_t0_t1.tif, ..."""
   stem, ext = os.path.splitext(output)
-  return f"{stem}_t{index:0{len(str(count - 1))}d}{ext or '.tif'}"
+  width = len(str(count - 1))
+  pair = "" if later is None else f"_t{later:0{width}d}"
+  return f"{stem}_t{index:0{width}d}{pair}{ext or '.tif'}"
 
 
 def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: int = 16, overlap: float | None = None,
                    mesh=(-1, 1, 1), probabilities: bool = False, mask_ratio: float | None = None, seed: int = 0,
-                   min_valid: float = 0.0, series: bool = False, times=None, progress: bool = True,
-                   command: str = "") -> list[str]:
+                   min_valid: float = 0.0, series: bool = False, times=None, pairs: str = "consecutive",
+                   progress: bool = True, command: str = "") -> list[str]:
   """Streams `scenes` through the checkpoint's task and returns the paths written: one scene, or two dates on the
   first one's grid (change detection), into `output` (+ probabilities, + a PNG quicklook); with `series`, each
-  scene (all on the first one's grid) into its own `series_path` outputs, and `OUT_series.json` listing them.
+  scene (all on the first one's grid) into its own `series_path` outputs, and `OUT_series.json` listing them; a
+  change-detection series maps each pair of `pairs` ("consecutive" dates, or the "first" with each later one).
   `times`: the scenes' acquisition times where --datetime overrides them. Every output is finished (translated
   to a COG and checked, its quicklook made) when its scene is done and all are published together at the end
   (the series index last), so a failure or an interrupt at any scene publishes nothing. `apply(model, *inputs)`
   replaces the task's forward (tests use a double)."""
   from spectralgpt_jax.inference import engine, products, writers
-  groups = _input_groups(checkpoint.task, len(scenes), series, times)
+  groups = _input_groups(checkpoint.task, len(scenes), series, times, pairs)
   grid = cli.tile_grid(scenes[0], checkpoint, overlap, dense=checkpoint.task != "classification")
   forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
                            batch_size=batch_size, mesh_shape=mesh)
   overridden, times = times is not None, times or [scene.acquired for scene in scenes]
-  paths = [series_path(output, i, len(scenes)) for i in range(len(scenes))] if series else [output]
+  paths = ([series_path(output, group[0], len(scenes), *group[1:]) for group in groups] if series else [output])
   for i, scene in enumerate(scenes if series else scenes[:1]):
     logging.info("%s%s; %d tiles of %d px (stride %d)", f"input {i}: " if series else "", scene.describe(),
                  len(grid), grid.tile, grid.stride)
@@ -147,7 +165,7 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
     sinks = [stack.enter_context(products.make_sink(    # every output path is checked before the first tile
         grid, scenes[group[0]], checkpoint, path, probabilities=probabilities, command=command,
         input_tags={**cli.input_tags([scenes[i] for i in group], [times[i] for i in group]),
-                    **({"input_index": str(group[0])} if series else {})}))
+                    **(_series_tag(group) if series else {})}))
         for group, path in zip(groups, paths)]
     for group, sink in zip(groups, sinks):
       _predict_one(checkpoint, [scenes[i] for i in group], grid, forward, sink, bar, min_valid=min_valid, seed=seed)
@@ -155,24 +173,31 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
     if series:      # staged with the last output, so that the index appears with the files it lists
       files = [products.final_paths(sink.writers) for sink in sinks]
       index = sinks[-1].writers[-1].stage_companion(series_index_path(output))
-      _write_series_index(output, index, checkpoint, scenes, times, overridden, files, command)
+      _write_series_index(output, index, checkpoint, scenes, times, overridden, groups, files, command)
     writers.publish_together([writer for sink in sinks for writer in sink.writers])
     written = [path for sink in sinks for path in products.final_paths(sink.writers)]
   logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid) * len(groups), time.time() - bar.start, bar.rate)
   return written
 
 
-def _input_groups(task: str, count: int, series: bool, times) -> list[list[int]]:
-  """The scenes of each output: one each in a series, else all of them (one scene, or a change-detection pair)."""
-  if series and task == "change_detection":
-    raise cli.UsageError("a change-detection model compares one pair of dates (--input, --input2), not a series")
-  expected = 2 if task == "change_detection" else 1
-  if not series and count != expected:
-    raise cli.UsageError(f"a {task} prediction takes {expected} scene(s), got {count}" +
-                         (" (series=True gives one output per scene)" if expected == 1 else ""))
+def _input_groups(task: str, count: int, series: bool, times, pairs: str) -> list[list[int]]:
+  """The scenes of each output: one each in a series (a pair each in a change-detection series), else all of them
+  (one scene, or a change-detection pair)."""
+  if pairs not in PAIRINGS:
+    raise cli.UsageError(f"--pairs {pairs!r}: must be one of {', '.join(PAIRINGS)}")
   if times is not None and len(times) != count:
     raise cli.UsageError(f"{len(times)} acquisition times for {count} scenes")
-  return [[i] for i in range(count)] if series else [list(range(count))]
+  change = task == "change_detection"
+  if series and change and count < 2:
+    raise cli.UsageError(f"a change-detection series needs at least 2 scenes, got {count}")
+  if not series and count != 1 + change:
+    raise cli.UsageError(f"a change-detection prediction takes 2 scenes, got {count}" if change else
+                         f"a {task} prediction takes 1 scene, got {count} (series=True gives one output per scene)")
+  if not series:
+    return [list(range(count))]
+  if not change:
+    return [[i] for i in range(count)]
+  return [[i, i + 1] for i in range(count - 1)] if pairs == "consecutive" else [[0, j] for j in range(1, count)]
 
 
 def _predict_one(checkpoint, scenes, grid, forward, sink, bar, *, min_valid: float, seed: int) -> None:
@@ -209,16 +234,27 @@ def series_index_path(output: str) -> str:
   return f"{os.path.splitext(output)[0]}_series.json"
 
 
-def _write_series_index(output, staged: str, checkpoint, scenes, times, overridden: bool, files, command: str):
+def _series_tag(group: list[int]) -> dict[str, str]:
+  return {"input_index": str(group[0])} if len(group) == 1 else {"input_pair": ",".join(map(str, group))}
+
+
+def _write_series_index(output, staged: str, checkpoint, scenes, times, overridden: bool, groups, files,
+                        command: str):
   """OUT_series.json (written to `staged`): per input (in --input order) its record and its files (relative to the
-  JSON's folder)."""
+  JSON's folder); a change-detection series lists its files per pair instead, under `pairs`."""
   from spectralgpt_jax.tasks import reporting
   folder = os.path.dirname(os.path.abspath(series_index_path(output)))
-  entries = [{"input_index": i, **cli.input_record(scene, when, overridden),
-              "files": [os.path.relpath(path, folder) for path in group]}
-             for i, (scene, when, group) in enumerate(zip(scenes, times, files))]
-  reporting.write_json(staged, {"checkpoint": os.path.abspath(checkpoint.path), "task": checkpoint.task,
-                                "command": command, "grid_of": scenes[0].source, "inputs": entries})
+  relative = [[os.path.relpath(path, folder) for path in paths] for paths in files]
+  entries = [{"input_index": i, **cli.input_record(scene, when, overridden)}
+             for i, (scene, when) in enumerate(zip(scenes, times))]
+  index = {"checkpoint": os.path.abspath(checkpoint.path), "task": checkpoint.task, "command": command,
+           "grid_of": scenes[0].source, "inputs": entries}
+  if checkpoint.task == "change_detection":
+    index["pairs"] = [{"inputs": group, "files": paths} for group, paths in zip(groups, relative)]
+  else:
+    for entry, paths in zip(entries, relative):
+      entry["files"] = paths
+  reporting.write_json(staged, index)
 
 
 def main(argv: list[str] | None = None) -> int:

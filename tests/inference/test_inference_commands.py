@@ -242,7 +242,9 @@ def test_dates_that_do_not_overlap(exports, scene, tmp_path, out_dir, capsys):
   _expect_error(capsys, tmp_path, code, "far.tif", "overlap")
 
 
-@pytest.mark.parametrize("task,extra,needle", [("change_detection", (), "--input2"),
+@pytest.mark.parametrize("task,extra,needle", [("change_detection", (), "pass --input2 (the later date), or "
+                                                                        "several --input for a change map per pair"),
+                                                ("change_detection", ("--pairs", "first"), "there is one --input"),
                                                 ("segmentation", ("--input2", "SCENE"), "--input2"),
                                                 (None, (), "neither an export")])
 def test_checkpoint_of_another_task(exports, scene, tmp_path, out_dir, capsys, task, extra, needle):

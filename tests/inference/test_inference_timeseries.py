@@ -289,7 +289,8 @@ def test_change_detection_times_name_each_date(exports, scene, tmp_path):
 @pytest.mark.parametrize("task, extra, needle", [
     ("segmentation", ["--datetime", "2020-05-01"], "--datetime is given 1 time for 2 input scenes; give one"),
     ("segmentation", ["--cloud_mask", "m.tif"], "--cloud_mask m.tif is one scene's mask file; with 2 --input"),
-    ("change_detection", [], "is a change-detection model: pass --input2 (the later date) with one --input"),
+    ("segmentation", ["--pairs", "first"], "--pairs first chooses the pairs of a change-detection series (several "
+                                           "--input); "),
     ("segmentation", ["--bands2", "B04,B03"], "--bands2 is for --input2 (the later date of a change-detection "
                                               "pair), and there is no --input2; --bands applies to every --input"),
     ("segmentation", ["--harmonize2", "0"], "--harmonize2 is for --input2"),
@@ -303,6 +304,31 @@ def test_prediction_series_flags_are_checked_first(exports, scene, tmp_path, cap
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and needle in err[0], err
   assert not os.listdir(out)
+
+
+def test_change_detection_over_a_series_maps_each_pair(exports, scene, band_folder, tmp_path):
+  """Several --input with a change-detection model: one change map per pair of dates, each the map that pair gives
+  as --input/--input2 (bit-identical), listed per pair in OUT_series.json."""
+  pair, series, first = tmp_path / "pair", tmp_path / "series", tmp_path / "first"
+  ckpt = exports["change_detection"]
+  assert run_predict(ckpt, pair / "change.tif", scene["path"], extra=["--input2", band_folder]) == 0
+  inputs = [scene["path"], band_folder, scene["path"]]
+  assert run_predict(ckpt, series / "change.tif", *inputs) == 0
+  assert sorted(os.listdir(series)) == ["change_series.json", "change_t0_t1.png", "change_t0_t1.tif",
+                                        "change_t1_t2.png", "change_t1_t2.tif"]
+  single, transform, _, _ = read_raster(pair / "change.tif")
+  mapped, transform01, _, tags = read_raster(series / "change_t0_t1.tif")
+  np.testing.assert_array_equal(mapped, single)
+  assert transform01 == transform and tags["input_pair"] == "0,1" and "input_index" not in tags
+  index = json.loads((series / "change_series.json").read_text())
+  assert [e["path"] for e in index["inputs"]] == inputs and "files" not in index["inputs"][0]
+  assert index["pairs"] == [{"inputs": [0, 1], "files": ["change_t0_t1.tif", "change_t0_t1.png"]},
+                            {"inputs": [1, 2], "files": ["change_t1_t2.tif", "change_t1_t2.png"]}]
+  assert run_predict(ckpt, first / "change.tif", *inputs, extra=["--pairs", "first"]) == 0
+  assert sorted(os.listdir(first)) == ["change_series.json", "change_t0_t1.png", "change_t0_t1.tif",
+                                       "change_t0_t2.png", "change_t0_t2.tif"]
+  np.testing.assert_array_equal(read_raster(first / "change_t0_t1.tif")[0], single)
+  assert read_raster(first / "change_t0_t2.tif")[3]["input_pair"] == "0,2"
 
 
 def test_a_bad_later_input_writes_nothing(exports, scene, tmp_path, capsys):
@@ -347,3 +373,22 @@ def test_commands_raise_the_open_file_limit_to_the_hard_one(monkeypatch):
     raise ValueError("not allowed")
   monkeypatch.setattr(resource, "setrlimit", refuse)
   cli._raise_open_file_limit()                  # a refusal keeps the limit there is, silently
+
+
+def test_which_scenes_make_each_output():
+  from spectralgpt_jax import predict
+  from spectralgpt_jax.inference import cli
+  groups = predict._input_groups
+  assert groups("segmentation", 3, True, None, "consecutive") == [[0], [1], [2]]
+  assert groups("change_detection", 4, True, None, "consecutive") == [[0, 1], [1, 2], [2, 3]]
+  assert groups("change_detection", 4, True, None, "first") == [[0, 1], [0, 2], [0, 3]]
+  assert groups("change_detection", 2, False, None, "consecutive") == [[0, 1]]
+  assert predict.series_path("a/change.tif", 3, 11, 10) == "a/change_t03_t10.tif"
+  for args, needle in [(("segmentation", 2, False, None, "consecutive"), "takes 1 scene, got 2"),
+                       (("change_detection", 3, False, None, "consecutive"), "takes 2 scenes, got 3"),
+                       (("change_detection", 1, True, None, "first"), "needs at least 2 scenes, got 1"),
+                       (("segmentation", 2, True, ["2020-01-01"], "consecutive"), "1 acquisition times for 2"),
+                       (("change_detection", 3, True, ["2020-01-01"], "first"), "1 acquisition times for 3"),
+                       (("change_detection", 3, True, None, "all"), "--pairs 'all': must be one of")]:
+    with pytest.raises(cli.UsageError, match=needle.replace("(", "\\(").replace(")", "\\)")):
+      groups(*args)
