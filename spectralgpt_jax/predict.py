@@ -154,7 +154,7 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
   forward = engine.Forward(checkpoint.model, apply or products.apply_fn(checkpoint, mask_ratio),
                            batch_size=batch_size, mesh_shape=mesh)
   overridden, times = times is not None, times or [scene.acquired for scene in scenes]
-  paths = ([series_path(output, group[0], len(scenes), *group[1:]) for group in groups] if series else [output])
+  paths = [series_path(output, group[0], len(scenes), *group[1:]) for group in groups] if series else [output]
   for i, scene in enumerate(scenes if series else scenes[:1]):
     logging.info("%s%s; %d tiles of %d px (stride %d)", f"input {i}: " if series else "", scene.describe(),
                  len(grid), grid.tile, grid.stride)
@@ -243,7 +243,7 @@ def _write_series_index(output, staged: str, checkpoint, scenes, times, overridd
   """OUT_series.json (written to `staged`): per input (in --input order) its record and its files (relative to the
   JSON's folder); a change-detection series lists its files per pair instead, under `pairs`."""
   from spectralgpt_jax.tasks import reporting
-  folder = os.path.dirname(os.path.abspath(series_index_path(output)))
+  folder = os.path.dirname(os.path.abspath(output))       # the index's folder too
   relative = [[os.path.relpath(path, folder) for path in paths] for paths in files]
   entries = [{"input_index": i, **cli.input_record(scene, when, overridden)}
              for i, (scene, when) in enumerate(zip(scenes, times))]

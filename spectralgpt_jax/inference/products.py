@@ -76,7 +76,8 @@ def probability_path(path: str) -> str:
 
 
 class _Sink:
-  """What both sinks share: their writers (the main output first) are entered, finished and published together."""
+  """What both sinks share: their writers (the main output first), entered and finished together; the caller
+  publishes every sink's writers at once (writers.publish_together)."""
 
   writers: list
 
@@ -101,10 +102,6 @@ class _Sink:
       writer.__exit__(*exc)
     return False
 
-  def commit(self) -> list[str]:
-    self.finish()
-    return self.publish()
-
   def finish(self, quicklook: bool = False) -> None:
     """Every output translated and checked, still unpublished (see writers.StagedWriter); with `quicklook`, the
     main output's PNG made from its finished COG in staging, so that it is published with it."""
@@ -114,10 +111,6 @@ class _Sink:
       main = self.writers[0]
       png = os.path.splitext(main.path)[0] + ".png"
       writers.quicklook_png(main.finished_path, main.stage_companion(png), rgb_bands=quicklook_bands(self.checkpoint))
-
-  def publish(self) -> list[str]:
-    writers.publish_together(self.writers)
-    return final_paths(self.writers)
 
 
 def final_paths(outputs: list) -> list[str]:
