@@ -85,11 +85,12 @@ def parse_args(argv, *, description=__doc__, embed: bool = False):
 def run(args) -> list[str]:
   from spectralgpt_jax.inference import checkpoint as ckpt_lib
   from spectralgpt_jax.inference import scene_io
-  for flag, given in (("--bands2", args.bands2), ("--harmonize2", args.harmonize2)):
+  for flag, first_flag, given in (("--bands2", "--bands", args.bands2), ("--harmonize2", "--harmonize",
+                                                                          args.harmonize2)):
     if given is not None and not args.input2:
+      every = f"; {first_flag} applies to every --input" if len(args.input) > 1 else ""
       raise cli.UsageError(f"{flag} is for --input2 (the later date of a change-detection pair), and there is no "
-                           f"--input2" + ("; --" + flag[2:-1] + " applies to every --input" if len(args.input) > 1
-                                          else ""))
+                           f"--input2{every}")
   checkpoint = ckpt_lib.load(args.checkpoint)
   task, series = checkpoint.task, len(args.input) > 1
   if args.pairs is not None and (task != "change_detection" or not series):
