@@ -6,9 +6,12 @@ r"""Where a train step's time goes, per XLA op: one profiled step, printed as on
 The step is compiled as `pretrain_step.py` / `finetune_step.py` compile it (benchmarks/step_timing.py), run twice to
 warm up, then once under `jax.profiler.trace`; the trace's events are summed per op. Fields: task, model, batch,
 dtype, traced_step_s, by_kind (seconds of thread time per op kind: `ynn_fusion` are XLA:CPU's YNNPACK matmul
-fusions, `*_fusion` elementwise loops, ...), by_dot (ops grouped by the dots they hold, "out <- lhs x rhs" with
-the operands' element types: thread_s, count, gflop_per_s), top (the `--top` costliest ops: name, kind, thread_s,
-dots, gflop, gflop_per_s), device, cpu, versions.
+fusions, `*_fusion` elementwise loops, ...), by_dot (fused ops grouped by the dots they hold, "out <- lhs x rhs"
+with the operands' element types: thread_s, count, gflop_per_s), unfused_dots (the plain dot instructions, grouped
+the same way: count, gflop; XLA:CPU runs them asynchronously on Eigen's thread pool, so the trace times only their
+launch and their cost shows in the ops that run beside them; the weight gradients that contract over the token axis
+are such dots), top (the `--top` costliest ops: name, kind, thread_s, dots, gflop, gflop_per_s, which is null for a
+plain dot), device, cpu, versions.
 Tracing slows the step (its thread-pool events cost ~1.5x on a 2-core CPU), so compare ops within one profile, not
 with untraced step times; `pretrain_step.py` and `finetune_step.py` measure those. Not a test.
 """
@@ -68,7 +71,7 @@ def _dims(shape: str) -> list[int]:
 def dots_of(hlo: str) -> dict[str, list[tuple[str, str, str, int, bool]]]:
   """The dots of every fusion and of every plain dot instruction of an optimized HLO module, by instruction name:
   (out, lhs, rhs, flops, batched), shapes with their element types."""
-  bodies = dict(re.findall(r"^%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+  bodies = dict(re.findall(r"^(?:ENTRY )?%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
   per_body = {name: _dots_in(body) for name, body in bodies.items()}
   fusions = dict(re.findall(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*?calls=%([\w.\-]+)", hlo))
   found = {name: [tuple(dot) for _, *dot in per_body.get(callee, [])] for name, callee in fusions.items()}
@@ -91,6 +94,21 @@ def _dots_in(body: str) -> list[tuple[str, str, str, str, int, bool]]:
     dots.append((name, out, shapes.get(lhs, "?"), shapes.get(rhs, "?"), 2 * math.prod(_dims(out)) * k,
                  "lhs_batch_dims" in attrs))
   return dots
+
+
+def group_dots(seconds: collections.Counter, dots: dict) -> tuple[dict, dict]:
+  """Traced ops that hold dots, grouped by their dots' signature: [seconds, count, flops] per group, for the fused
+  ops and, apart, for the plain (unfused) dot instructions. XLA:CPU runs a plain dot asynchronously on its Eigen
+  thread pool, so its trace event times the launch only and its cost lands in the ops that run beside it."""
+  fused, unfused = (collections.defaultdict(lambda: [0.0, 0, 0]) for _ in range(2))
+  for name, s in seconds.items():
+    if dots.get(name):
+      groups = fused if "fusion" in kind_of(name) else unfused
+      group = groups[" + ".join(f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, *_ in dots[name])]
+      group[0] += s
+      group[1] += 1
+      group[2] += sum(d[3] for d in dots[name])
+  return dict(fused), dict(unfused)
 
 
 def main() -> None:
@@ -128,20 +146,18 @@ def main() -> None:
     flops = sum(d[3] for d in own)
     top.append({"name": name, "kind": kind_of(name), "thread_s": round(s, 4),
                 "dots": [f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, *_ in own],
-                "gflop": round(flops / 1e9, 3), "gflop_per_s": round(flops / s / 1e9, 1) if flops else None})
-  by_dot = collections.defaultdict(lambda: [0.0, 0, 0])
-  for name, s in seconds.items():
-    if dots.get(name):
-      group = by_dot[" + ".join(f"{out} <- {lhs} x {rhs}" for out, lhs, rhs, *_ in dots[name])]
-      group[0] += s
-      group[1] += 1
-      group[2] += sum(d[3] for d in dots[name])
+                "gflop": round(flops / 1e9, 3),
+                "gflop_per_s": round(flops / s / 1e9, 1) if flops and "fusion" in kind_of(name) else None})
+  by_dot, unfused = group_dots(seconds, dots)
   by_dot = {sig: {"thread_s": round(t, 4), "count": n, "gflop_per_s": round(f / t / 1e9, 1)}
             for sig, (t, n, f) in sorted(by_dot.items(), key=lambda kv: -kv[1][0])[:args.top]}
+  unfused = {sig: {"count": n, "gflop": round(f / 1e9, 1)}
+             for sig, (_, n, f) in sorted(unfused.items(), key=lambda kv: -kv[1][2])[:args.top]}
   device = jax.devices()[0]
   print(json.dumps({"task": args.task, "model": args.model, "batch": args.batch, "dtype": args.dtype,
                     "traced_step_s": round(traced_s, 3),
-                    "by_kind": {k: round(v, 4) for k, v in by_kind.most_common(args.top)}, "by_dot": by_dot, "top": top,
+                    "by_kind": {k: round(v, 4) for k, v in by_kind.most_common(args.top)}, "by_dot": by_dot,
+                    "unfused_dots": unfused, "top": top,
                     "device": f"{device.platform}:{device.device_kind}", "cpu": runtime.cpu_summary(),
                     "jax": jax.__version__, "runtime": runtime.describe()}))
 

@@ -175,7 +175,8 @@ def predict_scenes(checkpoint, scenes, output: str, *, apply=None, batch_size: i
       files = [products.final_paths(sink.writers) for sink in sinks]
       index = sinks[-1].writers[-1].stage_companion(series_index_path(output))
       _write_series_index(output, index, checkpoint, scenes, times, overridden, groups, files, command)
-    writers.publish_together([writer for sink in sinks for writer in sink.writers])
+    writers.publish_together([writer for sink in sinks for writer in sink.writers],
+                             retract=[series_index_path(output)] if series else [])
     written = [path for sink in sinks for path in products.final_paths(sink.writers)]
   logging.info("%d tiles in %.1f s (%.1f tiles/s)", len(grid) * len(groups), time.time() - bar.start, bar.rate)
   return written

@@ -183,21 +183,46 @@ class StagedWriter:
     return False
 
 
-def publish_together(outputs: Sequence[StagedWriter]) -> None:
+def publish_together(outputs: Sequence[StagedWriter], retract: Sequence[str] = ()) -> None:
   """Publishes finished writers (renames, fast) with SIGINT/SIGTERM held until the last, so that an interrupt
-  cannot leave some of them in place; a failed rename drops the rest and names the files already in place."""
+  cannot leave some of them in place; a failed rename drops the rest and names the files already in place.
+
+  `retract`: files removed before the first rename, when they exist. A time series passes its earlier index, so
+  the index next to the files is never the old one over a half-replaced set. A `kill -9` between two renames
+  (which no handler can hold) then leaves the maps renamed so far and no index, so an index that exists always
+  describes the files beside it. A failed rename's error names the files removed, as it names those in place."""
   done: list[str] = []
   with _signals_held():
+    removed = _retract(retract, outputs)
     for i, writer in enumerate(outputs):
       try:
         writer.publish()
       except BaseException as e:
         for rest in outputs[i + 1:]:
           rest.abort()
-        if done and isinstance(e, OutputError):
-          raise OutputError(f"{e}; already in place: {', '.join(done)}") from e
+        notes = [f"already in place: {', '.join(done)}"] if done else []
+        notes += [f"removed before publishing: {', '.join(removed)}"] if removed else []
+        if notes and isinstance(e, OutputError):
+          raise OutputError("; ".join([str(e), *notes])) from e
         raise
       done += [writer.path, *writer.companion_paths()]
+
+
+def _retract(paths: Sequence[str], outputs: Sequence[StagedWriter]) -> list[str]:
+  """Removes each existing file of `paths` (absolute paths of those removed); one that cannot be removed aborts
+  every writer of `outputs` and is a one-line OutputError."""
+  removed = []
+  for path in map(os.path.abspath, paths):
+    try:
+      os.remove(path)
+      removed.append(path)
+    except FileNotFoundError:
+      pass
+    except OSError as e:
+      for writer in outputs:
+        writer.abort()
+      raise OutputError(f"{path}: cannot remove the earlier file before publishing ({e.strerror or e})") from e
+  return removed
 
 
 @contextlib.contextmanager

@@ -392,3 +392,41 @@ def test_which_scenes_make_each_output():
                        (("change_detection", 3, True, None, "all"), "--pairs 'all': must be one of")]:
     with pytest.raises(cli.UsageError, match=needle.replace("(", "\\(").replace(")", "\\)")):
       groups(*args)
+
+
+def test_a_rerun_retracts_the_earlier_series_index_before_its_first_rename(scene, band_folder, tmp_path,
+                                                                          monkeypatch):
+  """Re-running a series over an earlier one removes the earlier OUT_series.json before any map is renamed, so a
+  crash between two renames (simulated: the second date's rename fails) leaves no index over the mixed files."""
+  from spectralgpt_jax import predict
+  from spectralgpt_jax.inference import writers
+  double, apply = mean_double(tmp_path / "ckpt")
+  out = tmp_path / "out"
+  out.mkdir()
+  index = out / "mean_series.json"
+
+  def run():
+    opened = [scene_io.open_scene(scene["path"])]
+    opened.append(scene_io.open_scene(band_folder, grid=opened[0]))
+    try:
+      predict.predict_scenes(double, opened, str(out / "mean.tif"), apply=apply, batch_size=8, progress=False,
+                             series=True)
+    finally:
+      for s in opened:
+        s.close()
+  run()
+  assert index.exists()
+  real, renamed = writers.Staging.publish, []
+
+  def crash_at_second_date(self, tmp, companions=()):
+    renamed.append((os.path.basename(self.path), index.exists()))
+    if "_t1" in self.path:
+      raise OSError(5, "Input/output error")
+    return real(self, tmp, companions)
+  monkeypatch.setattr(writers.Staging, "publish", crash_at_second_date)
+  with pytest.raises(writers.OutputError, match=r"mean_t1.tif: .*Input/output error.*; already in place: .*mean_t0.*; "
+                                                r"removed before publishing: .*/out/mean_series.json$"):
+    run()
+  assert renamed and renamed[0] == ("mean_t0.tif", False)
+  assert not index.exists()            # the earlier index is gone: it no longer describes the files
+  assert sorted(os.listdir(out)) == ["mean_t0.png", "mean_t0.tif", "mean_t1.png", "mean_t1.tif"]

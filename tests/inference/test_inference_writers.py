@@ -472,3 +472,45 @@ def test_publish_together_holds_interrupts_and_names_what_is_in_place(tmp_path, 
   with pytest.raises(OutputError, match=r"d.tif: cannot write the COG .*No space left.*; already in place: .*c.tif$"):
     writers.publish_together([third, fourth, fifth])
   assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif", "c.tif"]    # e.tif dropped, no staging left
+
+
+def test_publish_together_retracts_the_earlier_index_before_the_first_rename(tmp_path, monkeypatch):
+  """`retract` files are gone before any file is renamed (so a kill between renames cannot leave an old index over
+  half-replaced files); a failed rename's error names those removed; one that cannot be removed is a one-line error
+  and nothing is published."""
+  from spectralgpt_jax.inference import writers
+  data = _class_scene(300, 400)
+
+  def finished(name):
+    w = _class_writer(tmp_path / name, width=400, height=300)
+    w.write(data, 0)
+    w.finish()
+    return w
+  index = tmp_path / "map_series.json"
+  index.write_text("{}")
+  seen = []
+  real = writers.Staging.publish
+
+  def publish(self, tmp, companions=()):
+    seen.append((os.path.basename(self.path), index.exists()))
+    return real(self, tmp, companions)
+  monkeypatch.setattr(writers.Staging, "publish", publish)
+  writers.publish_together([finished("a.tif"), finished("b.tif")], retract=[str(index), str(tmp_path / "none.json")])
+  assert seen == [("a.tif", False), ("b.tif", False)]
+  assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif"]
+
+  index.write_text("{}")                         # a failed first rename: the error says the index is gone
+
+  def failing(self, tmp, companions=()):
+    raise OSError(5, "Input/output error")
+  monkeypatch.setattr(writers.Staging, "publish", failing)
+  with pytest.raises(OutputError, match=r"c.tif: cannot write .*Input/output error.*\); removed before publishing: "
+                                        r"/.*map_series.json$"):
+    writers.publish_together([finished("c.tif")], retract=[str(index)])
+  assert not index.exists() and sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif"]
+  monkeypatch.setattr(writers.Staging, "publish", real)
+
+  (tmp_path / "dir_series.json").mkdir()          # os.remove refuses a directory
+  with pytest.raises(OutputError, match=r"dir_series.json: cannot remove the earlier file before publishing"):
+    writers.publish_together([finished("c.tif")], retract=[str(tmp_path / "dir_series.json")])
+  assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif", "dir_series.json"]     # c.tif dropped, no staging
