@@ -205,6 +205,24 @@ def _limits(metadata: dict, task: str) -> str:
   return "## Limitations\n\n" + "\n".join(f"- {item}" for item in items if item)
 
 
+def _licence(metadata: dict) -> str:
+  """What terms come with the weights: this code's, the source weights' (not ours to state), the data's."""
+  data, training = metadata.get("data") or {}, metadata.get("training") or {}
+  items = ["Code that made this export: spectralgpt_jax, Apache-2.0."]
+  for what, path in (("Converted from", metadata.get("source")), ("Initialised from", training.get("init_from"))):
+    if path:
+      items.append(f"{what} `{path}`: the terms under which those weights were published apply to these as well "
+                   "(for the official SpectralGPT checkpoints, see the authors' release, "
+                   "github.com/danfenghong/IEEE_TPAMI_SpectralGPT); this export records no licence for them.")
+  name = "demo" if data.get("demo") else data.get("name")
+  if name:
+    licence = DATASET_LICENCES.get(name)
+    items.append(f"Training data `{data.get('name')}`{' (demo stand-in)' if data.get('demo') else ''}: "
+                 + (f"{licence}." if licence else "its licence is not recorded here: check its publisher's terms."))
+  items.append("Sentinel-2 inputs are modified Copernicus Sentinel data; the Copernicus data terms apply to them.")
+  return "## Licence\n\n" + "\n".join(f"- {item}" for item in items)
+
+
 # ----------------------------------------------------------------------------------------------- command
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,21 +246,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
   sys.exit(main())
-
-
-def _licence(metadata: dict) -> str:
-  """What terms come with the weights: this code's, the source weights' (not ours to state), the data's."""
-  data, training = metadata.get("data") or {}, metadata.get("training") or {}
-  items = ["Code that made this export: spectralgpt_jax, Apache-2.0."]
-  for what, path in (("Converted from", metadata.get("source")), ("Initialised from", training.get("init_from"))):
-    if path:
-      items.append(f"{what} `{path}`: the terms under which those weights were published apply to these as well "
-                   "(for the official SpectralGPT checkpoints, see the authors' release, "
-                   "github.com/danfenghong/IEEE_TPAMI_SpectralGPT); this export records no licence for them.")
-  name = "demo" if data.get("demo") else data.get("name")
-  if name:
-    licence = DATASET_LICENCES.get(name)
-    items.append(f"Training data `{data.get('name')}`{' (demo stand-in)' if data.get('demo') else ''}: "
-                 + (f"{licence}." if licence else "its licence is not recorded here: check its publisher's terms."))
-  items.append("Sentinel-2 inputs are modified Copernicus Sentinel data; the Copernicus data terms apply to them.")
-  return "## Licence\n\n" + "\n".join(f"- {item}" for item in items)

@@ -82,3 +82,15 @@ def test_the_command_adds_a_separate_evaluation(mae_export, tmp_path, capsys):
   assert capsys.readouterr().err.strip().endswith("bad.json: not a JSON object of metrics")
   assert model_card.main([str(tmp_path / "nowhere")]) == 1
   assert "no metadata.json" in capsys.readouterr().err
+
+
+def test_the_documented_module_command_runs(mae_export):
+  """`python -m spectralgpt_jax.model_card DIR` as the docs give it: run as __main__, every helper the card needs
+  must be defined before the module's last line calls main()."""
+  import subprocess
+  import sys
+  directory, _ = mae_export
+  result = subprocess.run([sys.executable, "-m", "spectralgpt_jax.model_card", str(directory)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "## Licence" in (directory / model_card.CARD_NAME).read_text()
