@@ -32,6 +32,14 @@ def _class_writer(path, width=1024, height=1024, **kw):
   return RasterWriter(path, **args)
 
 
+def _finished_class_writer(path):
+  """A 400 x 300 class map written and finished (translated and validated in staging), ready to publish."""
+  writer = _class_writer(path, width=400, height=300)
+  writer.write(_class_scene(300, 400), 0)
+  writer.finish()
+  return writer
+
+
 def _class_scene(height=1024, width=1024):
   rows, cols = np.mgrid[:height, :width]
   labels = ((rows // 37 + cols // 53) % len(NAMES)).astype(np.uint8)
@@ -441,13 +449,9 @@ def test_publish_together_holds_interrupts_and_names_what_is_in_place(tmp_path, 
   import signal
 
   from spectralgpt_jax.inference import writers
-  data = _class_scene(300, 400)
 
   def finished(name):
-    w = _class_writer(tmp_path / name, width=400, height=300)
-    w.write(data, 0)
-    w.finish()
-    return w
+    return _finished_class_writer(tmp_path / name)
   first, second = finished("a.tif"), finished("b.tif")
   real = writers.Staging.publish
 
@@ -479,13 +483,9 @@ def test_publish_together_retracts_the_earlier_index_before_the_first_rename(tmp
   half-replaced files); a failed rename's error names those removed; one that cannot be removed is a one-line error
   and nothing is published."""
   from spectralgpt_jax.inference import writers
-  data = _class_scene(300, 400)
 
   def finished(name):
-    w = _class_writer(tmp_path / name, width=400, height=300)
-    w.write(data, 0)
-    w.finish()
-    return w
+    return _finished_class_writer(tmp_path / name)
   index = tmp_path / "map_series.json"
   index.write_text("{}")
   seen = []
